@@ -1,0 +1,67 @@
+# Workflow entry point. Default: the demo configuration (experiments/demo.yaml).
+import os
+import sys
+
+from snakemake.utils import validate
+
+configfile: "experiments/demo.yaml"
+validate(config, "experiments/schema/demo.schema.yaml")
+
+PY = sys.executable  # the interpreter that runs Snakemake, so the installed dti is used
+OUT = f"{config['results_dir']}/{config['name']}"
+RUNS = f"{OUT}/runs"
+SETS = " ".join(f"--set {k}={v}" for k, v in sorted(config.get("set", {}).items()))
+ALL_METHODS = config["methods"] + (["ti_rescaled"] if "ti" in config["methods"] else [])
+# A training job asks for every core it is given, so local trainings run one at a time,
+# and its torch threads never exceed the machine's cores (--cores 8 on a 2-core laptop).
+TORCH_THREADS = f"OMP_NUM_THREADS={min(workflow.cores, os.cpu_count())}"
+
+
+rule all:
+    input:
+        f"{OUT}/figures/norm_growth.png",
+        f"{OUT}/figures/cosine_drift.png",
+
+
+rule base_model:
+    output: directory(f"{OUT}/base")
+    log: f"{OUT}/logs/base_model.log"
+    shell: "{PY} -c \"from dti import tiny; tiny.build_sd('{output}')\" > {log} 2>&1"
+
+
+rule reference_images:
+    output: directory(f"{OUT}/images")
+    params: n=config["reference_images"], seed=config["seed"]
+    shell: "{PY} -c \"from dti import tiny; tiny.write_reference_images('{output}', n={params.n}, seed={params.seed})\""
+
+
+rule train:
+    input: base=rules.base_model.output, images=rules.reference_images.output
+    output: f"{RUNS}/{{method}}/learned_embeds.safetensors"
+    wildcard_constraints: method="ti|crossinit|dti"
+    params: run=f"{RUNS}/{{method}}"
+    threads: workflow.cores
+    log: f"{OUT}/logs/train_{{method}}.log"
+    shell:
+        "{TORCH_THREADS} {PY} -m dti train --model {input.base} --method {wildcards.method}"
+        " --images {input.images} --placeholder '{config[placeholder]}' --initializer '{config[initializer]}'"
+        " --steps {config[steps]} --seed {config[seed]} --out {params.run} --resume {SETS} > {log} 2>&1"
+
+
+rule rescale:
+    input: f"{RUNS}/ti/learned_embeds.safetensors"
+    output: f"{RUNS}/ti_rescaled/learned_embeds.safetensors"
+    params: stat=config.get("rescale_stat", "mean")
+    shell: "{PY} -m dti rescale --run {RUNS}/ti --stat {params.stat} --out {RUNS}/ti_rescaled"
+
+
+rule training_curves:
+    input: expand(f"{RUNS}/{{method}}/learned_embeds.safetensors", method=ALL_METHODS)
+    output:
+        f"{OUT}/figures/norm_growth.png",
+        f"{OUT}/figures/cosine_drift.png",
+        f"{OUT}/tables/training_curves.csv",
+        f"{OUT}/tables/final_norms.csv",
+    params: runs=" ".join(f"{RUNS}/{m}" for m in ALL_METHODS)
+    shell:
+        "{PY} -m analysis.training_curves --runs {params.runs} --figures {OUT}/figures --tables {OUT}/tables"

@@ -1,0 +1,71 @@
+"""Small file helpers: atomic writes, safetensors, run records. Nothing here unpickles."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import platform
+import tempfile
+from importlib import metadata
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+
+class DTIError(Exception):
+    """A user-facing error: its message is one line that names the problem."""
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike):
+    """Yield a temporary path beside ``path``; rename it onto ``path`` only on success."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def save_tensors(tensors: dict[str, torch.Tensor], path, metadata: dict[str, str] | None = None):
+    tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata={k: str(v) for k, v in (metadata or {}).items()})
+
+
+def load_tensors(path) -> dict[str, torch.Tensor]:
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        raise DTIError(f"{path}: only .safetensors files are read")
+    if not path.is_file():
+        raise DTIError(f"{path}: no such file")
+    return load_file(str(path))
+
+
+def write_json(obj, path):
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def read_json(path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise DTIError(f"{path}: no such file")
+    return json.loads(path.read_text())
+
+
+def package_versions() -> dict[str, str]:
+    names = ["dti", "torch", "diffusers", "transformers", "safetensors", "numpy", "pillow"]
+    out = {"python": platform.python_version(), "platform": platform.platform()}
+    for name in names:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = "not installed"
+    return out
