@@ -94,6 +94,7 @@ class Family:
     encoder_names: tuple[str, ...] = ("text_encoder",)
     tokenizer_names: tuple[str, ...] = ("tokenizer",)
     lower_case_prompts = False
+    pass_attention_mask = False  # whether the pipeline gives its text encoder an attention mask
     denoiser_name = "unet"
 
     def __init__(self, pipe, device: torch.device, dtype: torch.dtype, cfg=None):
@@ -122,6 +123,8 @@ class Family:
         if self.lower_case_prompts and placeholder != placeholder.lower():
             raise DTIError(f"placeholder {placeholder!r} must be lower-case: the {self.name} pipeline "
                            "lower-cases prompts")
+        if self.lower_case_prompts:
+            initializer = initializer.lower()  # as the pipeline will see it in prompts
         slots, ks = [], set()
         for enc_name, tok, enc in zip(self.encoder_names, self.tokenizers, self.encoders):
             init_ids = tok(initializer, add_special_tokens=False).input_ids
@@ -155,8 +158,7 @@ class Family:
     def _contextual_init_fn(self, tok, enc, initializer, init_ids):
         """CrossInit's start: the encoder's last hidden state at the initializer's own tokens."""
         def compute():
-            text = initializer.lower() if self.lower_case_prompts else initializer
-            batch = tok(text, padding="max_length", max_length=self.text_length(tok), truncation=True,
+            batch = tok(initializer, padding="max_length", max_length=self.text_length(tok), truncation=True,
                         return_tensors="pt")
             positions = initializer_positions(batch.input_ids[0].tolist(), init_ids)
             kwargs = {"attention_mask": batch.attention_mask.to(self.device)} if self.pass_attention_mask else {}
@@ -164,8 +166,6 @@ class Family:
                 hidden = enc(batch.input_ids.to(self.device), **kwargs).last_hidden_state[0]
             return hidden[positions].float()
         return compute
-
-    pass_attention_mask = False
 
     def text_length(self, tok) -> int:
         return tok.model_max_length
