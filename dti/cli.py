@@ -1,4 +1,4 @@
-"""Command line: ``python -m dti train`` and ``python -m dti rescale``."""
+"""Command line: ``python -m dti {train,rescale,data,sample,score,aggregate}``."""
 
 from __future__ import annotations
 
@@ -9,11 +9,12 @@ import sys
 from .config import TrainConfig
 from .io import DTIError
 from .methods import METHODS
+from .sample import SampleConfig
 
 
-def _config_help() -> str:
+def _fields_help(cls) -> str:
     lines = ["keys for --set (None: the family's or method's default):"]
-    for f in dataclasses.fields(TrainConfig):
+    for f in dataclasses.fields(cls):
         lines.append(f"  {f.name} (default {f.default}): {f.metadata['help']}")
     return "\n".join(lines)
 
@@ -22,7 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m dti", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    t = sub.add_parser("train", help="learn a concept's embedding", epilog=_config_help(),
+    t = sub.add_parser("train", help="learn a concept's embedding", epilog=_fields_help(TrainConfig),
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     t.add_argument("--model", required=True, help="base pipeline: hub id or local diffusers directory")
     t.add_argument("--method", required=True, choices=sorted(METHODS), help="ti, crossinit or dti")
@@ -40,7 +41,119 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--run", required=True, help="finished TI run directory")
     r.add_argument("--stat", default="mean", help="mean, min, max or a number (default mean)")
     r.add_argument("--out", required=True, help="directory to write the rescaled run to")
+
+    d = sub.add_parser("data", help="fetch and check a benchmark's images")
+    d.add_argument("dataset", choices=["dreambooth"], help="which benchmark")
+    d.add_argument("--out", required=True, help="folder to create (checked and left as is if it exists)")
+    d.add_argument("--from", dest="from_dir", help="an existing copy of the dataset/ folder (offline machines)")
+    d.add_argument("--masks", help="reference masks, <subject>/<image stem>.png, copied to OUT/masks")
+    d.add_argument("--subjects-file", help="subjects table (default: the benchmark's, experiments/dreambooth)")
+
+    s = sub.add_parser("sample", help="generate a run's images for a prompt set", epilog=_fields_help(SampleConfig),
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    s.add_argument("--run", required=True, help="finished run directory (trained or rescaled)")
+    s.add_argument("--out", required=True, help="folder for the images and manifest.csv")
+    s.add_argument("--subject", required=True, help="subject name (looked up in the subjects table)")
+    s.add_argument("--prompts", default="dti_simple", help="prompt set: dti_simple (default) or dreambooth")
+    s.add_argument("--prompts-file", help="prompt sets JSON (default: experiments/dreambooth/prompt_sets.json)")
+    s.add_argument("--subjects-file", help="subjects table CSV (default: experiments/dreambooth/subjects.csv)")
+    s.add_argument("--class-column", default="dti_class", help="subjects-table column with the scoring class noun")
+    s.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3], help="seeds (default 0 1 2 3)")
+    s.add_argument("--set", dest="assignments", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a sampling setting (keys listed below)")
+
+    c = sub.add_parser("score", help="score generated images against the subject's references")
+    c.add_argument("--manifest", required=True, help="manifest.csv written by `dti sample`")
+    c.add_argument("--references", required=True, help="folder with one sub-folder of reference images per subject")
+    c.add_argument("--out", required=True, help="CSV of per-image scores to write")
+    c.add_argument("--protocol", default="paper", help="paper (DINOv2, SigLIP) or dreambooth (DINO, CLIP-I, CLIP-T, SigLIP cosine)")
+    c.add_argument("--metrics", help="comma-separated metric names instead of a protocol")
+    c.add_argument("--model-id", action="append", default=[], metavar="BACKBONE=ID",
+                   help="hub id or local path of a backbone (dinov2, dino, clip, siglip); repeatable")
+    c.add_argument("--masks", help="reference masks, <subject>/<image stem>.png (default: unmasked)")
+    c.add_argument("--device", default="auto", help="auto (cuda when present), cpu, cuda, ...")
+    c.add_argument("--batch-size", type=int, default=16, help="images per backbone batch")
+
+    a = sub.add_parser("aggregate", help="per-subject and summary tables from per-image scores")
+    a.add_argument("--scores", nargs="+", required=True, help="CSV files written by `dti score`")
+    a.add_argument("--out", required=True, help="folder for per_subject.csv, summary.csv, summary.md")
+    a.add_argument("--subjects-file", help="subjects expected (a missing one makes the mean NaN); default: those present")
     return parser
+
+
+def _train(args):
+    from .train import train
+
+    cfg = TrainConfig(method=args.method, model=args.model, images=args.images, placeholder=args.placeholder,
+                      initializer=args.initializer, steps=args.steps, seed=args.seed).set(args.assignments)
+    return train(cfg, args.out, resume=args.resume)
+
+
+def _rescale(args):
+    from .embeddings import rescale
+
+    return rescale(args.run, args.out, args.stat)
+
+
+def _data(args):
+    from .data import fetch_dreambooth
+
+    return fetch_dreambooth(args.out, args.from_dir, args.masks, args.subjects_file)
+
+
+def _sample(args):
+    from .data import read_prompt_set, read_subjects
+    from .sample import sample
+
+    cfg = SampleConfig().set(args.assignments)
+    rows = {r["subject"]: r for r in read_subjects(args.subjects_file)}
+    if args.subject not in rows:
+        raise DTIError(f"subject {args.subject!r} is not in the subjects table")
+    subject = rows[args.subject]
+    if args.class_column not in subject:
+        raise DTIError(f"the subjects table has no column {args.class_column!r}")
+    templates = read_prompt_set(args.prompts, subject["live"], args.prompts_file)
+    return sample(args.run, args.out, args.subject, subject[args.class_column], templates, args.seeds,
+                  args.prompts, cfg)
+
+
+def _score(args):
+    from .io import atomic_path, package_versions, write_json
+    from .metrics import PROTOCOLS, score_manifest
+    from .train import resolve_device
+
+    if args.metrics:
+        metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
+    elif args.protocol in PROTOCOLS:
+        metrics = PROTOCOLS[args.protocol]
+    else:
+        raise DTIError(f"unknown protocol {args.protocol!r}; choose one of {', '.join(sorted(PROTOCOLS))}")
+    model_ids = {}
+    for item in args.model_id:
+        name, sep, value = item.partition("=")
+        if not sep:
+            raise DTIError(f"--model-id expects BACKBONE=ID, got {item!r}")
+        model_ids[name.strip()] = value.strip()
+    scores = score_manifest(args.manifest, args.references, metrics, model_ids, str(resolve_device(args.device)),
+                            args.batch_size, args.masks)
+    with atomic_path(args.out) as tmp:
+        scores.to_csv(tmp, index=False)
+    write_json({"manifest": args.manifest, "references": args.references, "metrics": metrics,
+                "model_ids": scores.attrs.get("model_ids", model_ids), "masks": args.masks, "versions": package_versions()},
+               f"{args.out}.json")
+    return args.out
+
+
+def _aggregate(args):
+    from .aggregate import read_scores, write_tables
+    from .data import read_subjects
+
+    subjects = [r["subject"] for r in read_subjects(args.subjects_file)] if args.subjects_file else None
+    return write_tables(read_scores(args.scores), args.out, subjects)
+
+
+COMMANDS = {"train": _train, "rescale": _rescale, "data": _data, "sample": _sample, "score": _score,
+            "aggregate": _aggregate}
 
 
 def _quiet_loaders():
@@ -56,19 +169,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _quiet_loaders()
     try:
-        if args.command == "train":
-            from .train import train
-
-            cfg = TrainConfig(method=args.method, model=args.model, images=args.images,
-                              placeholder=args.placeholder, initializer=args.initializer,
-                              steps=args.steps, seed=args.seed).set(args.assignments)
-            run = train(cfg, args.out, resume=args.resume)
-        else:
-            from .embeddings import rescale
-
-            run = rescale(args.run, args.out, args.stat)
+        result = COMMANDS[args.command](args)
     except DTIError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(run)
+    print(result)
     return 0

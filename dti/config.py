@@ -84,17 +84,22 @@ class TrainConfig:
 
     def set(self, assignments: list[str]) -> "TrainConfig":
         """Apply ``key=value`` strings, converting each value to the field's type."""
-        fields = {f.name: f for f in dataclasses.fields(self)}
-        values = dataclasses.asdict(self)
-        for item in assignments:
-            key, sep, raw = item.partition("=")
-            key = key.strip()
-            if not sep:
-                raise DTIError(f"--set expects key=value, got {item!r}")
-            if key not in fields:
-                raise DTIError(f"unknown key {key!r} in --set; valid keys: {', '.join(sorted(fields))}")
-            values[key] = _convert(key, fields[key].type, raw.strip())
-        return TrainConfig(**values)
+        return apply_assignments(self, assignments)
+
+
+def apply_assignments(obj, assignments: list[str]):
+    """A copy of dataclass ``obj`` with ``key=value`` strings applied; unknown keys are refused."""
+    fields = {f.name: f for f in dataclasses.fields(obj)}
+    values = dataclasses.asdict(obj)
+    for item in assignments:
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep:
+            raise DTIError(f"--set expects key=value, got {item!r}")
+        if key not in fields:
+            raise DTIError(f"unknown key {key!r} in --set; valid keys: {', '.join(sorted(fields))}")
+        values[key] = _convert(key, fields[key].type, raw.strip())
+    return type(obj)(**values)
 
 
 def _convert(key: str, type_name: str, raw: str):

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import json
+import shutil
+import tempfile
+import urllib.request
+import zipfile
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -76,3 +82,106 @@ def draw_batch(latents: list[torch.Tensor], sizes: list[tuple[int, int]], templa
         time_ids.append([*sizes[i], top * pixels_per_latent, left * pixels_per_latent, target, target])
     return {"latents": torch.stack(crops), "prompts": [templates[j].format(token_string) for j in tmpl],
             "time_ids": time_ids}
+
+
+# --- the DreamBooth benchmark ------------------------------------------------------
+
+BENCHMARK_DIR = Path(__file__).resolve().parents[1] / "experiments" / "dreambooth"
+DREAMBOOTH_ARCHIVE = "https://github.com/google/dreambooth/archive/refs/heads/main.zip"
+DREAMBOOTH_IMAGES = 158
+DREAMBOOTH_EXTRA_FILES = ("LICENSE.md", "references_and_licenses.txt", "prompts_and_classes.txt")
+
+
+def read_subjects(path: str | Path | None = None) -> list[dict]:
+    """The subjects table (``subject, class, dti_class, initializer, live``), in file order."""
+    path = Path(path) if path else BENCHMARK_DIR / "subjects.csv"
+    if not path.is_file():
+        raise DTIError(f"subjects table {path} not found")
+    with path.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    for row in rows:
+        row["live"] = str(row.get("live", "")).strip().lower() == "true"
+    return rows
+
+
+def read_prompt_set(name: str, live: bool, path: str | Path | None = None) -> list[str]:
+    path = Path(path) if path else BENCHMARK_DIR / "prompt_sets.json"
+    if not path.is_file():
+        raise DTIError(f"prompt sets file {path} not found")
+    sets = {k: v for k, v in json.loads(path.read_text()).items() if not k.startswith("_")}
+    if name not in sets:
+        raise DTIError(f"unknown prompt set {name!r}; available: {', '.join(sorted(sets))}")
+    return sets[name]["live" if live else "object"]
+
+
+def check_dreambooth(root: Path, subjects: list[dict]) -> int:
+    """Every subject folder present with readable images, 158 images in all; returns the count."""
+    missing = [s["subject"] for s in subjects if not (root / s["subject"]).is_dir()]
+    if missing:
+        raise DTIError(f"{root}: missing subject folders: {', '.join(missing)}")
+    count = sum(len(list_images(root / s["subject"])) for s in subjects)
+    if count != DREAMBOOTH_IMAGES:
+        raise DTIError(f"{root}: {count} images, expected {DREAMBOOTH_IMAGES}")
+    return count
+
+
+def fetch_dreambooth(out: str | Path, from_dir: str | Path | None = None, masks: str | Path | None = None,
+                     subjects_file: str | Path | None = None) -> Path:
+    """Put the DreamBooth images in ``out`` (from a local copy, else the public archive), checked,
+    with the subjects table beside them; optional masks are checked and copied to ``out/masks``."""
+    out = Path(out)
+    subjects = read_subjects(subjects_file)
+    if out.exists():
+        check_dreambooth(out, subjects)
+        return out
+    with tempfile.TemporaryDirectory(dir=out.parent if out.parent.exists() else None) as tmp:
+        staging = Path(tmp) / "dreambooth"
+        if from_dir:
+            source = Path(from_dir)
+            if not source.is_dir():
+                raise DTIError(f"--from {source}: no such folder")
+        else:
+            source = _download_dreambooth(Path(tmp))
+        check_dreambooth(source, subjects)
+        staging.mkdir()
+        for s in subjects:
+            shutil.copytree(source / s["subject"], staging / s["subject"])
+        for name in DREAMBOOTH_EXTRA_FILES:
+            if (source / name).is_file():
+                shutil.copy2(source / name, staging / name)
+        if masks:
+            _copy_masks(Path(masks), staging, subjects)
+        with (staging / "subjects.csv").open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=["subject", "class", "dti_class", "initializer", "live"])
+            writer.writeheader()
+            writer.writerows(subjects)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(str(staging), str(out))
+    return out
+
+
+def _download_dreambooth(tmp: Path) -> Path:
+    try:
+        with urllib.request.urlopen(DREAMBOOTH_ARCHIVE, timeout=60) as response:
+            archive = zipfile.ZipFile(io.BytesIO(response.read()))
+    except OSError as exc:
+        raise DTIError(f"cannot download {DREAMBOOTH_ARCHIVE} ({exc}); pass --from LOCAL_DIR instead") from None
+    archive.extractall(tmp / "archive")
+    found = sorted((tmp / "archive").glob("*/dataset"))
+    if not found:
+        raise DTIError(f"{DREAMBOOTH_ARCHIVE} has no dataset/ folder")
+    return found[0]
+
+
+def _copy_masks(masks: Path, staging: Path, subjects: list[dict]):
+    """Masks mirror the image layout: ``<subject>/<image stem>.png``, one channel, nonzero = subject."""
+    for s in subjects:
+        for image in list_images(staging / s["subject"]):
+            mask = masks / s["subject"] / f"{image.stem}.png"
+            if not mask.is_file():
+                raise DTIError(f"mask {mask} missing for {image.name}")
+            with Image.open(mask) as m, Image.open(image) as im:
+                if m.size != im.size:
+                    raise DTIError(f"mask {mask} is {m.size}, its image {im.size}")
+            (staging / "masks" / s["subject"]).mkdir(parents=True, exist_ok=True)
+            shutil.copy2(mask, staging / "masks" / s["subject"] / mask.name)

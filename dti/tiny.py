@@ -401,3 +401,80 @@ def write_reference_images(folder, n: int = 4, seed: int = 0) -> pathlib.Path:
         arr[(yy - cy) ** 2 + (xx - cx) ** 2 < (min(h, w) / 3) ** 2] = (220, 120, 30)
         Image.fromarray(arr).save(folder / f"{i:02d}.png")
     return folder
+
+
+# --------------------------------------------------------------------------- #
+# Evaluator backbones (dti.metrics)
+# --------------------------------------------------------------------------- #
+_TINY_VIT = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37,
+                 image_size=32, patch_size=8)
+
+
+@_keep_rng
+def build_metric_models(root) -> dict[str, str]:
+    """Tiny random-weight evaluators for ``dti.metrics``, one folder each under ``root``.
+
+    Returns model ids for ``Backbones(model_ids=...)``: local folders for the transformers
+    backbones (``dinov2``: Dinov2Model + BitImageProcessor, ``dino``: ViTModel + ViTImageProcessor,
+    ``siglip``: SiglipModel + SiglipProcessor) and ``local-dir:<folder>`` for the open_clip
+    ``clip`` model. All take 32 x 32 inputs (patch 8), width 32, 2 layers.
+
+    SigLIP's tokenizer is the small Gemma-style one (its real SentencePiece vocabulary cannot
+    be shipped); SiglipProcessor accepts any tokenizer and AutoProcessor restores it as saved.
+    logit_scale / logit_bias are set to non-zero values (the model's own init zeroes them),
+    so tests see both in use. The CLIP text tower uses the real 49408-token BPE via
+    open_clip's own SimpleTokenizer, which reads the same merges file.
+    """
+    import open_clip
+    from safetensors.torch import save_file
+    from transformers import (BitImageProcessor, Dinov2Config, Dinov2Model, SiglipConfig, SiglipImageProcessor,
+                              SiglipModel, SiglipProcessor, ViTConfig, ViTImageProcessor, ViTModel)
+
+    root = _prepare_dir(root)
+    ids = {}
+
+    path = _prepare_dir(root / "dinov2")
+    torch.manual_seed(0)
+    Dinov2Model(Dinov2Config(**_TINY_VIT)).save_pretrained(path)
+    BitImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(path)
+    ids["dinov2"] = str(path)
+
+    path = _prepare_dir(root / "dino")
+    torch.manual_seed(0)
+    ViTModel(ViTConfig(**_TINY_VIT)).save_pretrained(path)
+    ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(path)
+    ids["dino"] = str(path)
+
+    path = _prepare_dir(root / "siglip")
+    tokenizer = gemma_tokenizer()
+    torch.manual_seed(0)
+    siglip = SiglipModel(SiglipConfig(
+        text_config=dict(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=37, num_hidden_layers=2,
+                         num_attention_heads=2, max_position_embeddings=64,
+                         pad_token_id=0, eos_token_id=1, bos_token_id=2),
+        vision_config=dict(_TINY_VIT),
+    ))
+    with torch.no_grad():
+        siglip.logit_scale.fill_(2.0)
+        siglip.logit_bias.fill_(-1.0)
+    siglip.save_pretrained(path)
+    SiglipProcessor(image_processor=SiglipImageProcessor(size={"height": 32, "width": 32}),
+                    tokenizer=tokenizer).save_pretrained(path)
+    ids["siglip"] = str(path)
+
+    path = _prepare_dir(root / "clip")
+    model_cfg = {
+        "embed_dim": 32,
+        # head_width 16 -> 2 heads at width 32 (open_clip derives the vision head count from it)
+        "vision_cfg": {"image_size": 32, "patch_size": 8, "width": 32, "layers": 2, "head_width": 16},
+        "text_cfg": {"context_length": 77, "vocab_size": CLIP_VOCAB_SIZE, "width": 32, "heads": 2, "layers": 2},
+    }
+    preprocess_cfg = {"mean": list(open_clip.OPENAI_DATASET_MEAN), "std": list(open_clip.OPENAI_DATASET_STD),
+                      "interpolation": "bicubic", "resize_mode": "shortest"}
+    torch.manual_seed(0)
+    clip = open_clip.CLIP(**model_cfg)
+    save_file({k: v.contiguous() for k, v in clip.state_dict().items()}, str(path / "open_clip_model.safetensors"))
+    (path / "open_clip_config.json").write_text(
+        json.dumps({"model_cfg": model_cfg, "preprocess_cfg": preprocess_cfg}, indent=2), encoding="utf-8")
+    ids["clip"] = f"local-dir:{path}"
+    return ids

@@ -31,3 +31,9 @@ def tiny_models(tmp_path_factory):
 def ref_images(tmp_path_factory):
     """Four small reference photos of one subject, of different aspect ratios."""
     return tiny.write_reference_images(tmp_path_factory.mktemp("images"), n=4)
+
+
+@pytest.fixture(scope="session")
+def metric_models(tmp_path_factory):
+    """Model ids (local folders) of tiny random-weight DINOv2, DINO, SigLIP and open_clip models."""
+    return tiny.build_metric_models(tmp_path_factory.mktemp("metric_models"))

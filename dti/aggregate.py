@@ -1,0 +1,92 @@
+"""From per-image scores to tables: mean over images per subject, then the unweighted mean over
+subjects with a bootstrap 95% interval over subjects. Missing images or subjects are NaN, never 0."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .io import DTIError, atomic_path
+
+KEYS = ["method", "metric"]
+
+
+def subject_means(scores: pd.DataFrame) -> pd.DataFrame:
+    """One row per (method, metric, subject): the mean over its images (NaN if any image is
+    missing) and the mean over the images present."""
+    g = scores.groupby(KEYS + ["subject"], sort=True)["value"]
+    out = g.agg(mean_available="mean", n_images="size", n_missing=lambda v: int(v.isna().sum())).reset_index()
+    out["mean"] = out["mean_available"].where(out["n_missing"] == 0)
+    return out[KEYS + ["subject", "mean", "mean_available", "n_images", "n_missing"]]
+
+
+def bootstrap_interval(values: np.ndarray, n_boot: int = 10_000, seed: int = 0) -> tuple[float, float]:
+    """Percentile 95% interval of the mean, resampling the values (subjects) with replacement."""
+    if len(values) == 0 or np.isnan(values).any():
+        return float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    means = values[rng.integers(0, len(values), size=(n_boot, len(values)))].mean(axis=1)
+    low, high = np.percentile(means, [2.5, 97.5])
+    return float(low), float(high)
+
+
+def summarize(scores: pd.DataFrame, subjects: list[str] | None = None, n_boot: int = 10_000,
+              seed: int = 0) -> pd.DataFrame:
+    """One row per (method, metric). ``mean`` and its interval are NaN unless every expected
+    subject (``subjects``, else those present) has all its images; ``mean_available`` averages
+    what is there."""
+    per_subject = subject_means(scores)
+    rows = []
+    for (method, metric), g in per_subject.groupby(KEYS, sort=True):
+        expected = sorted(set(subjects) if subjects is not None else set(g["subject"]))
+        by_subject = g.set_index("subject").reindex(expected)
+        strict = by_subject["mean"].to_numpy(dtype=float)
+        low, high = bootstrap_interval(strict, n_boot, seed)
+        missing = [s for s in expected if s not in set(g["subject"])]
+        rows.append({
+            "method": method, "metric": metric,
+            "mean": float(strict.mean()) if len(strict) and not np.isnan(strict).any() else float("nan"),
+            "ci_low": low, "ci_high": high,
+            "mean_available": float(np.nanmean(by_subject["mean_available"])) if g["mean_available"].notna().any() else float("nan"),
+            "n_subjects": int(by_subject["mean"].notna().sum()), "n_expected_subjects": len(expected),
+            "missing_subjects": " ".join(missing),
+            "n_images": int(g["n_images"].sum()), "n_missing_images": int(g["n_missing"].sum()),
+        })
+    return pd.DataFrame(rows)
+
+
+def read_scores(paths: list[str | Path]) -> pd.DataFrame:
+    frames = []
+    for path in paths:
+        path = Path(path)
+        if not path.is_file():
+            raise DTIError(f"scores file {path} not found")
+        frames.append(pd.read_csv(path))
+    scores = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    needed = {"method", "metric", "subject", "value"}
+    if scores.empty or not needed <= set(scores.columns):
+        raise DTIError(f"no score rows with columns {sorted(needed)} in {', '.join(map(str, paths))}")
+    return scores
+
+
+def write_tables(scores: pd.DataFrame, out_dir: str | Path, subjects: list[str] | None = None) -> Path:
+    """``per_subject.csv``, ``summary.csv`` and a Markdown view of the summary."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    summary = summarize(scores, subjects)
+    for name, frame in (("per_subject.csv", subject_means(scores)), ("summary.csv", summary)):
+        with atomic_path(out_dir / name) as tmp:
+            frame.to_csv(tmp, index=False)
+    with atomic_path(out_dir / "summary.md") as tmp:
+        tmp.write_text(summary_markdown(summary))
+    return out_dir
+
+
+def summary_markdown(summary: pd.DataFrame) -> str:
+    lines = ["| method | metric | mean | 95% interval | subjects | missing images |", "|---|---|---|---|---|---|"]
+    for r in summary.itertuples():
+        lines.append(f"| {r.method} | {r.metric} | {r.mean:.3f} | [{r.ci_low:.3f}, {r.ci_high:.3f}] | "
+                     f"{r.n_subjects}/{r.n_expected_subjects} | {r.n_missing_images} |")
+    return "\n".join(lines) + "\n"

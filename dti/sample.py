@@ -1,0 +1,136 @@
+"""Sampling a learned concept with a prompt set at the family's protocol defaults.
+
+All seeds of a prompt go through the denoiser in one batch (with classifier-free guidance),
+each seed with its own generator, so an image depends on (run, prompt, seed) alone. Images
+are browsable as ``<subject>/<NN>_<prompt>/seed<S>.png``; ``manifest.csv`` lists them all.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from diffusers import DiffusionPipeline
+from PIL import Image
+
+from .config import apply_assignments
+from .embeddings import load_embeddings, read_run
+from .io import DTIError, atomic_path, package_versions, write_json
+from .train import frozen_dtype, resolve_device
+
+MANIFEST_FIELDS = ["run", "method", "family", "base_model", "subject", "class_noun", "prompt_set", "prompt_index",
+                   "prompt", "scoring_text", "seed", "file", "height", "width", "steps", "guidance_scale",
+                   "scheduler", "complex_human_instruction"]
+
+
+def _f(default, help: str):
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass
+class SampleConfig:
+    height: int | None = _f(None, "Image height (SD: the pipeline's default size; SDXL, SANA 1024).")
+    width: int | None = _f(None, "Image width (as height).")
+    steps: int | None = _f(None, "Denoising steps (SD, SDXL 50; SANA 20).")
+    guidance_scale: float | None = _f(None, "Classifier-free guidance (SD 7.5, SDXL 5.0, SANA 4.5).")
+    complex_human_instruction: bool = _f(True, "SANA: the pipeline's complex-human-instruction prefix (on at evaluation in the paper).")
+    resolution_binning: bool = _f(True, "SANA: the pipeline's aspect-ratio binning of the requested size.")
+    device: str = _f("auto", "Torch device: auto, cpu, cuda, cuda:1, ...")
+    mixed_precision: str = _f("bf16", "Dtype of the pipeline on a GPU: bf16, fp16 or no (CPU: float32).")
+
+    def set(self, assignments: list[str]) -> "SampleConfig":
+        return apply_assignments(self, assignments)
+
+
+SAMPLE_DEFAULTS = {
+    "sd": dict(steps=50, guidance_scale=7.5),
+    "sdxl": dict(height=1024, width=1024, steps=50, guidance_scale=5.0),
+    "sana": dict(height=1024, width=1024, steps=20, guidance_scale=4.5),
+}
+
+
+def slug(text: str, limit: int = 48) -> str:
+    return re.sub(r"[^a-z0-9]+", "_", text.replace("{}", "X").lower()).strip("_")[:limit]
+
+
+def intact(path: Path, size: tuple[int, int]) -> bool:
+    """An image file that decodes fully, in RGB, at the expected (width, height)."""
+    try:
+        with Image.open(path) as im:
+            im.load()
+            return im.mode == "RGB" and im.size == size
+    except (OSError, SyntaxError, ValueError):
+        return False
+
+
+def load_pipeline(model: str, family: str, cfg: SampleConfig):
+    device = resolve_device(cfg.device)
+    kwargs = {"safety_checker": None} if family == "sd" else {}  # scores must see every image
+    try:
+        pipe = DiffusionPipeline.from_pretrained(model, dtype=frozen_dtype(device, cfg.mixed_precision), **kwargs)
+    except Exception as exc:  # noqa: BLE001 - the loaders raise many types; report one line
+        raise DTIError(f"cannot load pipeline {model!r}: {str(exc).splitlines()[0]}") from None
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(device)
+
+
+def sample(run_dir: str | Path, out_dir: str | Path, subject: str, class_noun: str, templates: list[str],
+           seeds: list[int], prompt_set: str, cfg: SampleConfig | None = None, pipe=None) -> Path:
+    """Generate every (template, seed) image of one run; returns the manifest's path."""
+    cfg = cfg or SampleConfig()
+    record, _ = read_run(run_dir)
+    family, model = record["config"]["family"], record["config"]["model"]
+    if not templates:
+        raise DTIError("the prompt set is empty")
+    if not seeds:
+        raise DTIError("no seeds given")
+    pipe = pipe or load_pipeline(model, family, cfg)
+    concept = load_embeddings(pipe, run_dir)
+    settings = {**SAMPLE_DEFAULTS[family], **{k: v for k, v in dataclasses.asdict(cfg).items() if v is not None}}
+    if settings.get("height") is None:  # SD-style: the pipeline's own default size
+        settings["height"] = settings["width"] = pipe.unet.config.sample_size * pipe.vae_scale_factor
+    size = (settings["width"], settings["height"])
+    call = {"height": settings["height"], "width": settings["width"], "num_inference_steps": settings["steps"],
+            "guidance_scale": settings["guidance_scale"], "output_type": "pil"}
+    if family == "sana":
+        call["use_resolution_binning"] = settings["resolution_binning"]
+        if not settings["complex_human_instruction"]:
+            call["complex_human_instruction"] = None
+    out_dir = Path(out_dir)
+    rows = []
+    method = record.get("method", record["config"]["method"])
+    for index, template in enumerate(templates):
+        prompt = concept.prompt(template)
+        folder = out_dir / subject / f"{index:02d}_{slug(template)}"
+        files = {s: folder / f"seed{s}.png" for s in seeds}
+        todo = [s for s in seeds if not intact(files[s], size)]  # resume: keep intact images, redo the rest
+        if todo:
+            generators = [torch.Generator().manual_seed(s) for s in todo]
+            images = pipe(prompt=[prompt] * len(todo), generator=generators, **call).images
+            folder.mkdir(parents=True, exist_ok=True)
+            for s, image in zip(todo, images):
+                with atomic_path(files[s]) as tmp:
+                    image.save(tmp, format="PNG")
+        for s in seeds:
+            rows.append({
+                "run": str(run_dir), "method": method, "family": family, "base_model": model,
+                "subject": subject, "class_noun": class_noun, "prompt_set": prompt_set, "prompt_index": index,
+                "prompt": prompt, "scoring_text": template.format(class_noun) + ".", "seed": s,
+                "file": str(files[s].relative_to(out_dir)), "height": settings["height"],
+                "width": settings["width"], "steps": settings["steps"], "guidance_scale": settings["guidance_scale"],
+                "scheduler": type(pipe.scheduler).__name__,
+                "complex_human_instruction": settings["complex_human_instruction"] if family == "sana" else "",
+            })
+    manifest = out_dir / "manifest.csv"
+    with atomic_path(manifest) as tmp:
+        with tmp.open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=MANIFEST_FIELDS)
+            writer.writeheader()
+            writer.writerows(rows)
+    write_json({"run": str(run_dir), "subject": subject, "class_noun": class_noun, "prompt_set": prompt_set,
+                "seeds": seeds, "settings": settings, "versions": package_versions()}, out_dir / "sample.json")
+    return manifest
