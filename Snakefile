@@ -21,6 +21,10 @@ rule all:
     input:
         f"{OUT}/figures/norm_growth.png",
         f"{OUT}/figures/cosine_drift.png",
+        f"{OUT}/figures/vocab_norms.png",
+        f"{OUT}/tables/nearest_words.csv",
+        f"{OUT}/figures/positional_probe.png",
+        f"{OUT}/figures/residual_stagnation.png",
 
 
 rule base_model:
@@ -65,3 +69,32 @@ rule training_curves:
     params: runs=" ".join(f"{RUNS}/{m}" for m in ALL_METHODS)
     shell:
         "{PY} -m analysis.training_curves --runs {params.runs} --figures {OUT}/figures --tables {OUT}/tables"
+
+
+rule vocab_norms:
+    input: base=rules.base_model.output, runs=expand(f"{RUNS}/{{method}}/learned_embeds.safetensors", method=ALL_METHODS)
+    output: f"{OUT}/figures/vocab_norms.png", f"{OUT}/tables/vocab_norms.csv", f"{OUT}/tables/learned_norms.csv"
+    params: runs=" ".join(f"{RUNS}/{m}" for m in ALL_METHODS)
+    shell: "{PY} -m analysis.vocab_norms --model {input.base} --runs {params.runs} --figures {OUT}/figures --tables {OUT}/tables"
+
+
+rule nearest_words:
+    input: base=rules.base_model.output, runs=expand(f"{RUNS}/{{method}}/learned_embeds.safetensors", method=ALL_METHODS)
+    output: f"{OUT}/tables/nearest_words.csv"
+    params: runs=" ".join(f"{RUNS}/{m}" for m in ALL_METHODS)
+    shell: "{PY} -m analysis.nearest_words --model {input.base} --runs {params.runs} --tables {OUT}/tables"
+
+
+rule positional_probe:
+    input: base=rules.base_model.output, runs=expand(f"{RUNS}/{{method}}/learned_embeds.safetensors", method=ALL_METHODS)
+    output: f"{OUT}/figures/positional_probe.png", f"{OUT}/tables/positional_probe.csv"
+    params: runs=" ".join(f"{RUNS}/{m}" for m in ALL_METHODS)
+    threads: workflow.cores
+    shell: "{TORCH_THREADS} {PY} -m analysis.positional_probe --model {input.base} --runs {params.runs} --seed {config[seed]} --figures {OUT}/figures --tables {OUT}/tables"
+
+
+rule residual_stagnation:
+    input: base=rules.base_model.output, runs=expand(f"{RUNS}/{{method}}/learned_embeds.safetensors", method=ALL_METHODS)
+    output: f"{OUT}/figures/residual_stagnation.png", f"{OUT}/tables/residual_stagnation.csv"
+    params: runs=" ".join(f"{RUNS}/{m}" for m in ALL_METHODS)
+    shell: "{PY} -m analysis.residual_stagnation --model {input.base} --runs {params.runs} --initializer '{config[initializer]}' --figures {OUT}/figures --tables {OUT}/tables"

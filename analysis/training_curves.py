@@ -11,19 +11,10 @@ import argparse
 import json
 from pathlib import Path
 
-import matplotlib
+import matplotlib.pyplot as plt
+import pandas as pd
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
-
-from dti.io import atomic_path  # noqa: E402
-
-METHOD_COLOURS = {"ti": "tab:red", "crossinit": "tab:orange", "dti": "tab:blue", "ti_rescaled": "tab:purple"}
-
-
-def run_method(record: dict) -> str:
-    return record.get("method") if record.get("method") == "ti_rescaled" else record["config"]["method"]
+from analysis.common import METHOD_COLOURS, run_method, save_figure, write_csv
 
 
 def load_logs(run_dirs: list[Path]) -> tuple[pd.DataFrame, dict]:
@@ -63,20 +54,6 @@ def _per_method(df: pd.DataFrame, column: str) -> pd.DataFrame:
     return df.groupby(["method", "step"])[column].agg(["mean", "min", "max"]).reset_index()
 
 
-def _save(fig, out_dir: Path, name: str, caption: str):
-    for ext in ("png", "pdf"):
-        with atomic_path(out_dir / f"{name}.{ext}") as tmp:
-            fig.savefig(tmp, format=ext, dpi=150, bbox_inches="tight")
-    with atomic_path(out_dir / f"{name}.caption.txt") as tmp:
-        tmp.write_text(caption + "\n")
-    plt.close(fig)
-
-
-def _write_csv(df: pd.DataFrame, path: Path):
-    with atomic_path(path) as tmp:
-        df.to_csv(tmp, index=False)
-
-
 def plot_norm_growth(df: pd.DataFrame, vocab: dict, out_dir: Path):
     encoders = list(dict.fromkeys(df["encoder"]))
     fig, axes = plt.subplots(1, len(encoders), figsize=(5 * len(encoders), 3.6), squeeze=False)
@@ -93,7 +70,7 @@ def plot_norm_growth(df: pd.DataFrame, vocab: dict, out_dir: Path):
         ax.set_ylabel("L2 norm of learned vector")
         ax.set_title(enc)
     axes[0][0].legend(fontsize=8)
-    _save(fig, out_dir, "norm_growth",
+    save_figure(fig, out_dir, "norm_growth",
           "Norm of the learned token embedding against training step (line: mean over runs and vectors, "
           "band: range), with the vocabulary's norm range shaded and its mean dashed.")
 
@@ -113,7 +90,7 @@ def plot_cosine_drift(df: pd.DataFrame, out_dir: Path):
             ax.set_ylabel(label)
             ax.set_title(enc)
     axes[0][0].legend(fontsize=8)
-    _save(fig, out_dir, "cosine_drift",
+    save_figure(fig, out_dir, "cosine_drift",
           "Cosine of the learned token embedding to its initial value and to the initializer word's embedding "
           "against training step (line: mean over runs and vectors, band: range).")
 
@@ -128,8 +105,8 @@ def main(argv=None):
     figures.mkdir(parents=True, exist_ok=True)
     tables.mkdir(parents=True, exist_ok=True)
     df, vocab = load_logs(args.runs)
-    _write_csv(df, tables / "training_curves.csv")
-    _write_csv(final_norms(args.runs), tables / "final_norms.csv")
+    write_csv(df, tables / "training_curves.csv")
+    write_csv(final_norms(args.runs), tables / "final_norms.csv")
     plot_norm_growth(df, vocab, figures)
     plot_cosine_drift(df, figures)
 

@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 
 from .config import TrainConfig
 from .data import draw_batch, list_images, load_reference, load_templates
-from .embeddings import write_embedding_files
+from .embeddings import ENCODER_FILES, write_embedding_files
 from .families import FAMILIES, detect_family
 from .io import DTIError, atomic_path, load_tensors, package_versions, read_json, save_tensors, write_json
 from .methods import METHODS
@@ -117,6 +117,9 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False, family=No
     step = 0
     if start_state == "resume":
         step = _load_checkpoint(out_dir / CHECKPOINT, method, trainer.optimizer, trainer.gen)
+        if step > cfg.steps:
+            raise DTIError(f"{out_dir} is checkpointed at step {step}, beyond the {cfg.steps} steps asked for; "
+                           "choose another --out")
         _truncate_log(log, step)
     else:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -179,7 +182,8 @@ def _check_run_dir(out_dir: Path, cfg: TrainConfig, resume: bool) -> str:
     differ = sorted(k for k in new if k != "steps" and old.get(k) != new[k])
     if differ:
         raise DTIError(f"cannot resume {out_dir}: configuration differs in {', '.join(differ)}")
-    if record.get("status") == "complete" and old.get("steps") == cfg.steps:
+    outputs_present = (out_dir / ENCODER_FILES[0]).exists()
+    if record.get("status") == "complete" and old.get("steps") == cfg.steps and outputs_present:
         return "complete"
     return "resume" if (out_dir / CHECKPOINT).exists() else "fresh"
 

@@ -1,7 +1,7 @@
 """Training every method on every family, end to end on tiny real-architecture pipelines."""
 
 import csv
-import json
+import dataclasses
 
 import pytest
 import torch
@@ -157,6 +157,11 @@ def test_resume_after_kill_matches_uninterrupted_run(tiny_models, ref_images, tm
         train(cfg, tmp_path / "killed")
     resumed = read_run(train(cfg, tmp_path / "killed", resume=True))[1][0]
     assert torch.equal(resumed, straight)
+    # a workflow engine removes a job's outputs before rerunning it: the finished run writes them again
+    (tmp_path / "killed" / "learned_embeds.safetensors").unlink()
+    assert torch.equal(read_run(train(cfg, tmp_path / "killed", resume=True))[1][0], straight)
+    with pytest.raises(DTIError, match="checkpointed at step 6, beyond the 4 steps"):
+        train(dataclasses.replace(cfg, steps=4), tmp_path / "killed", resume=True)
     assert [r["step"] for r in read_log(tmp_path / "killed")] == [s for s in range(7) for _ in range(2)]
 
 

@@ -24,7 +24,7 @@ def test_demo_workflow_runs_and_then_has_nothing_to_do(tmp_path):
     run = snakemake(*config)
     assert run.returncode == 0, run.stderr[-3000:]
     out = tmp_path / "smoke"
-    for name in ("norm_growth", "cosine_drift"):
+    for name in ("norm_growth", "cosine_drift", "vocab_norms", "positional_probe", "residual_stagnation"):
         assert (out / "figures" / f"{name}.png").stat().st_size > 10_000
         assert (out / "figures" / f"{name}.caption.txt").read_text().strip().endswith(".")
     norms = pd.read_csv(out / "tables" / "final_norms.csv").set_index("method")
@@ -35,6 +35,8 @@ def test_demo_workflow_runs_and_then_has_nothing_to_do(tmp_path):
     curves = pd.read_csv(out / "tables" / "training_curves.csv")
     assert sorted(curves["step"].unique()) == [0, 1, 2, 3, 4]
     assert sorted(curves["method"].unique()) == ["crossinit", "dti", "ti"]
+    words = pd.read_csv(out / "tables" / "nearest_words.csv")
+    assert set(words["method"]) == {"crossinit", "dti", "ti", "ti_rescaled"} and set(words["by"]) == {"cosine", "euclidean"}
     again = snakemake(*config)
     assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr
 

@@ -1,0 +1,51 @@
+"""Vocabulary norms and nearest words on tiny pipelines and short runs."""
+
+import pandas as pd
+import pytest
+
+from analysis.common import learned_vectors, load_text_encoders
+from analysis.nearest_words import nearest_words
+from analysis.vocab_norms import learned_norm_table, main as vocab_main, vocab_norm_table
+from dti import TrainConfig, train
+from dti.families import vocab_norm_stats
+
+
+@pytest.fixture(scope="module")
+def runs(tiny_models, ref_images, tmp_path_factory):
+    root = tmp_path_factory.mktemp("analysis_runs")
+    out = []
+    for method, lr in (("ti", 0.5), ("dti", 0.001)):
+        cfg = TrainConfig(method=method, model=str(tiny_models["sdxl"]), images=str(ref_images),
+                          placeholder="<sks>", initializer="dog", steps=2).set(
+            ["resolution=64", "batch_size=1", f"lr={lr}"])
+        out.append(train(cfg, root / method))
+    return out
+
+
+def test_vocab_norms_match_training_statistics_and_mark_learned_tokens(tiny_models, runs, tmp_path):
+    encoders = load_text_encoders(str(tiny_models["sdxl"]))
+    assert [e.name for e in encoders] == ["text_encoder", "text_encoder_2"]
+    stats = vocab_norm_table(encoders).set_index("encoder")
+    for enc in encoders:
+        expected = vocab_norm_stats(enc.table)
+        assert stats.loc[enc.name, "mean"] == pytest.approx(expected["mean"])
+        assert stats.loc[enc.name, "max"] == pytest.approx(expected["max"])
+    learned = learned_norm_table(learned_vectors(runs), stats.reset_index()).set_index("method")
+    assert learned.loc["dti", "ratio_to_vocab_mean"].tolist() == pytest.approx([1.0, 1.0], rel=1e-5)
+    assert (learned.loc["ti", "ratio_to_vocab_mean"] > 2).all()  # lr 0.5 for 2 steps inflates TI
+    vocab_main(["--model", str(tiny_models["sdxl"]), "--runs", *map(str, runs), "--figures", str(tmp_path / "f"),
+                "--tables", str(tmp_path / "t")])
+    assert (tmp_path / "f" / "vocab_norms.png").stat().st_size > 5000
+    assert pd.read_csv(tmp_path / "t" / "learned_norms.csv").shape[0] == 4
+
+
+def test_direction_carries_the_meaning_not_the_norm(tiny_models, runs):
+    encoders = load_text_encoders(str(tiny_models["sdxl"]))
+    table = nearest_words(encoders, learned_vectors(runs), k=3)
+    top = table[(table["rank"] == 1) & (table["encoder"] == "text_encoder")].set_index(["method", "by"])
+    # DTI barely moved (lr 1e-3): its nearest word by cosine is still the initializer
+    assert top.loc[("dti", "cosine"), "token"] == "dog</w>"
+    # ranks are ordered: cosine descending, distance ascending; every (run, encoder, vector, measure) has k rows
+    for (by, _, _, _), g in table.groupby(["by", "method", "encoder", "vector"]):
+        values = g.sort_values("rank")["value"].tolist()
+        assert values == sorted(values, reverse=(by == "cosine")) and len(values) == 3
