@@ -25,6 +25,7 @@ rule all:
         f"{OUT}/tables/nearest_words.csv",
         f"{OUT}/figures/positional_probe.png",
         f"{OUT}/figures/residual_stagnation.png",
+        f"{OUT}/figures/contextual_map.png",
 
 
 rule base_model:
@@ -98,3 +99,10 @@ rule residual_stagnation:
     output: f"{OUT}/figures/residual_stagnation.png", f"{OUT}/tables/residual_stagnation.csv"
     params: runs=" ".join(f"{RUNS}/{m}" for m in ALL_METHODS)
     shell: "{PY} -m analysis.residual_stagnation --model {input.base} --runs {params.runs} --initializer '{config[initializer]}' --figures {OUT}/figures --tables {OUT}/tables"
+
+
+rule contextual_map:
+    input: base=rules.base_model.output, runs=expand(f"{RUNS}/{{method}}/learned_embeds.safetensors", method=ALL_METHODS)
+    output: f"{OUT}/figures/contextual_map.png", f"{OUT}/tables/contextual_map.csv"
+    params: runs=" ".join(f"{RUNS}/{m}" for m in ALL_METHODS)
+    shell: "{PY} -m analysis.contextual_map --model {input.base} --runs {params.runs} --figures {OUT}/figures --tables {OUT}/tables"

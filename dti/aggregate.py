@@ -10,16 +10,19 @@ import pandas as pd
 
 from .io import DTIError, atomic_path
 
-KEYS = ["method", "metric"]
+def _keys(scores: pd.DataFrame) -> list[str]:
+    """Grouping keys; tables keep saying whether references were masked when the scores say so."""
+    return ["method", "metric"] + (["references"] if "references" in scores.columns else [])
 
 
 def subject_means(scores: pd.DataFrame) -> pd.DataFrame:
     """One row per (method, metric, subject): the mean over its images (NaN if any image is
     missing) and the mean over the images present."""
-    g = scores.groupby(KEYS + ["subject"], sort=True)["value"]
+    keys = _keys(scores)
+    g = scores.groupby(keys + ["subject"], sort=True)["value"]
     out = g.agg(mean_available="mean", n_images="size", n_missing=lambda v: int(v.isna().sum())).reset_index()
     out["mean"] = out["mean_available"].where(out["n_missing"] == 0)
-    return out[KEYS + ["subject", "mean", "mean_available", "n_images", "n_missing"]]
+    return out[keys + ["subject", "mean", "mean_available", "n_images", "n_missing"]]
 
 
 def bootstrap_interval(values: np.ndarray, n_boot: int = 10_000, seed: int = 0) -> tuple[float, float]:
@@ -38,15 +41,16 @@ def summarize(scores: pd.DataFrame, subjects: list[str] | None = None, n_boot: i
     subject (``subjects``, else those present) has all its images; ``mean_available`` averages
     what is there."""
     per_subject = subject_means(scores)
+    keys = _keys(scores)
     rows = []
-    for (method, metric), g in per_subject.groupby(KEYS, sort=True):
+    for key, g in per_subject.groupby(keys, sort=True):
         expected = sorted(set(subjects) if subjects is not None else set(g["subject"]))
         by_subject = g.set_index("subject").reindex(expected)
         strict = by_subject["mean"].to_numpy(dtype=float)
         low, high = bootstrap_interval(strict, n_boot, seed)
         missing = [s for s in expected if s not in set(g["subject"])]
         rows.append({
-            "method": method, "metric": metric,
+            **dict(zip(keys, key)),
             "mean": float(strict.mean()) if len(strict) and not np.isnan(strict).any() else float("nan"),
             "ci_low": low, "ci_high": high,
             "mean_available": float(np.nanmean(by_subject["mean_available"])) if g["mean_available"].notna().any() else float("nan"),
@@ -85,8 +89,10 @@ def write_tables(scores: pd.DataFrame, out_dir: str | Path, subjects: list[str] 
 
 
 def summary_markdown(summary: pd.DataFrame) -> str:
-    lines = ["| method | metric | mean | 95% interval | subjects | missing images |", "|---|---|---|---|---|---|"]
+    lines = ["| method | metric | references | mean | 95% interval | subjects | missing images |",
+             "|---|---|---|---|---|---|---|"]
     for r in summary.itertuples():
-        lines.append(f"| {r.method} | {r.metric} | {r.mean:.3f} | [{r.ci_low:.3f}, {r.ci_high:.3f}] | "
+        refs = getattr(r, "references", "unmasked")
+        lines.append(f"| {r.method} | {r.metric} | {refs} | {r.mean:.3f} | [{r.ci_low:.3f}, {r.ci_high:.3f}] | "
                      f"{r.n_subjects}/{r.n_expected_subjects} | {r.n_missing_images} |")
     return "\n".join(lines) + "\n"

@@ -1,6 +1,7 @@
 """Vocabulary norms and nearest words on tiny pipelines and short runs."""
 
 import pandas as pd
+import torch
 import pytest
 
 from analysis.common import learned_vectors, load_text_encoders
@@ -49,3 +50,22 @@ def test_direction_carries_the_meaning_not_the_norm(tiny_models, runs):
     for (by, _, _, _), g in table.groupby(["by", "method", "encoder", "vector"]):
         values = g.sort_values("rank")["value"].tolist()
         assert values == sorted(values, reverse=(by == "cosine")) and len(values) == 3
+
+
+def test_contextual_map_places_words_and_learned_tokens(tiny_models, runs, tmp_path):
+    from analysis.contextual_map import WORDS, last_state, main as map_main
+
+    encoders = load_text_encoders(str(tiny_models["sdxl"]))
+    enc = encoders[0]
+    dog_row = enc.table[enc.tokenizer("dog", add_special_tokens=False).input_ids]
+    # a learned token equal to the word's own row is the word, in context
+    assert torch.allclose(last_state(enc, "a photo of a {}", "dog", dog_row), last_state(enc, "a photo of a {}", "dog"),
+                          atol=1e-5)
+    map_main(["--model", str(tiny_models["sdxl"]), "--runs", *map(str, runs), "--figures", str(tmp_path / "f"),
+              "--tables", str(tmp_path / "t")])
+    df = pd.read_csv(tmp_path / "t" / "contextual_map.csv")
+    n_words = sum(len(w) for w in WORDS.values())
+    assert len(df) == 2 * (n_words + len(runs)) and set(df["encoder"]) == {"text_encoder", "text_encoder_2"}
+    words = df[(df["kind"] != "learned") & (df["encoder"] == "text_encoder")]
+    assert abs(words["pc1"].mean()) < 1e-6 and words["pc1"].var() >= words["pc2"].var()  # PCA of the words
+    assert (tmp_path / "f" / "contextual_map.png").stat().st_size > 5000

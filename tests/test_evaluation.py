@@ -95,7 +95,7 @@ def test_aggregation_with_nan_and_uneven_image_counts(tmp_path):
     assert np.isnan(with_missing.loc["m", "mean"]) and with_missing.loc["m", "missing_subjects"] == "C"
     assert with_missing.loc["m", "mean_available"] == 2.0 and with_missing.loc["m", "n_subjects"] == 2
     write_tables(scores, tmp_path)
-    assert "| m | x | 2.000 |" in (tmp_path / "summary.md").read_text()
+    assert "| m | x | unmasked | 2.000 |" in (tmp_path / "summary.md").read_text()
     assert pd.read_csv(tmp_path / "summary.csv").shape[0] == 2
 
 
@@ -152,6 +152,7 @@ def test_train_sample_score_aggregate_through_the_command_line(sd_run, ref_image
     summary = pd.read_csv(tmp_path / "tables" / "summary.csv")
     assert sorted(summary["metric"]) == ["clip_i", "clip_t", "dino", "dinov2", "siglip", "siglip_cos"]
     assert summary["mean"].isna().all() and (summary["missing_subjects"] == "other").all()  # never a 0
+    assert set(summary["references"]) == {"unmasked"}  # every table says whether references were masked
     means = summary.set_index("metric")["mean_available"]
     assert means["dinov2"] == pytest.approx(paper[paper["metric"] == "dinov2"]["value"].mean())
     capsys.readouterr()

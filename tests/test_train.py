@@ -214,3 +214,25 @@ def test_crossinit_initial_vectors_are_the_encoder_output(tiny_models, ref_image
     log = read_log(tmp_path / "run")
     init_norms = [r["norm"] for r in log if r["step"] == 0]
     assert init_norms == pytest.approx(expected.norm(dim=1).tolist(), rel=1e-5)
+
+
+def test_v_prediction_sd_trains_against_the_velocity(ref_images, tmp_path):
+    from dti import tiny
+
+    model = tiny.build_sd(tmp_path / "sd_v", prediction_type="v_prediction")
+    cfg = make_cfg("sd", "dti", model, ref_images, steps=2)
+    family = load_family(cfg)
+    sched = family.noise_scheduler
+    assert sched.config.prediction_type == "v_prediction"
+    latents = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        cond = family.encode_prompts(["a photo of a dog", "a red ball"])
+        loss = family.loss(latents, cond, {}, torch.Generator().manual_seed(0))
+        gen = torch.Generator().manual_seed(0)  # the same draws, in the same order, by hand
+        noise = torch.randn(latents.shape, generator=gen)
+        t = torch.randint(0, 1000, (2,), generator=gen)
+        pred = family.pipe.unet(sched.add_noise(latents, noise, t), t, **cond).sample
+    assert loss == pytest.approx(torch.nn.functional.mse_loss(pred, sched.get_velocity(latents, noise, t)).item())
+    assert loss != pytest.approx(torch.nn.functional.mse_loss(pred, noise).item())
+    record, rows = read_run(train(cfg, tmp_path / "run", family=family))
+    assert record["status"] == "complete" and torch.isfinite(rows[0]).all()

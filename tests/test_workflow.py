@@ -24,7 +24,8 @@ def test_demo_workflow_runs_and_then_has_nothing_to_do(tmp_path):
     run = snakemake(*config)
     assert run.returncode == 0, run.stderr[-3000:]
     out = tmp_path / "smoke"
-    for name in ("norm_growth", "cosine_drift", "vocab_norms", "positional_probe", "residual_stagnation"):
+    for name in ("norm_growth", "cosine_drift", "vocab_norms", "positional_probe", "residual_stagnation",
+                 "contextual_map"):
         assert (out / "figures" / f"{name}.png").stat().st_size > 10_000
         assert (out / "figures" / f"{name}.caption.txt").read_text().strip().endswith(".")
     norms = pd.read_csv(out / "tables" / "final_norms.csv").set_index("method")
