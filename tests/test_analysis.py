@@ -69,3 +69,29 @@ def test_contextual_map_places_words_and_learned_tokens(tiny_models, runs, tmp_p
     words = df[(df["kind"] != "learned") & (df["encoder"] == "text_encoder")]
     assert abs(words["pc1"].mean()) < 1e-6 and words["pc1"].var() >= words["pc2"].var()  # PCA of the words
     assert (tmp_path / "f" / "contextual_map.png").stat().st_size > 5000
+
+
+def test_ablation_view_puts_each_cell_at_its_image_and_text_scores(tmp_path):
+    from analysis.ablation_view import main as view_main
+
+    from dti.aggregate import write_tables
+
+    rows = []
+    for label, image, text in (("ti", 0.56, 0.29), ("dti", 0.45, 0.52), ("rsgd/min/0.1", 0.03, 0.07),
+                               ("rsgd/mean/0.5", 0.28, 0.69)):
+        for subject, wobble in (("a", -0.01), ("b", 0.01)):
+            rows += [(label, "dinov2", subject, image + wobble), (label, "siglip", subject, text + wobble)]
+    scores = pd.DataFrame(rows, columns=["method", "metric", "subject", "value"])
+    write_tables(scores[scores["method"].isin(["ti", "dti"])], tmp_path / "main")
+    write_tables(scores[~scores["method"].isin(["ti", "dti"])], tmp_path / "abl")
+    view_main(["--main", str(tmp_path / "main" / "summary.csv"), "--ablation", str(tmp_path / "abl" / "summary.csv"),
+               "--figures", str(tmp_path / "f"), "--tables", str(tmp_path / "t")])
+    table = pd.read_csv(tmp_path / "t" / "ablation_view.csv").set_index("label")
+    assert table.loc["rsgd/mean/0.5", "text_mean"] == pytest.approx(0.69)
+    assert table.loc["ti", "image_mean"] == pytest.approx(0.56) and table.loc["ti", "source"] == "main"
+    assert (table["image_ci_low"] <= table["image_mean"]).all() and (table["text_ci_high"] >= table["text_mean"]).all()
+    assert (tmp_path / "f" / "ablation_view.png").stat().st_size > 5000
+    with pytest.raises(ValueError, match="metric 'clip_t' is not in the main summary"):
+        view_main(["--main", str(tmp_path / "main" / "summary.csv"), "--ablation",
+                   str(tmp_path / "abl" / "summary.csv"), "--text-metric", "clip_t", "--figures", str(tmp_path / "f"),
+                   "--tables", str(tmp_path / "t")])
