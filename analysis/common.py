@@ -50,7 +50,8 @@ def load_text_encoders(model: str, device: str = "cpu") -> list[TextEncoder]:
 
 
 def run_method(record: dict) -> str:
-    return record.get("method") if record.get("method") == "ti_rescaled" else record["config"]["method"]
+    """``ti_rescaled`` and interpolated runs name their method; trained runs carry it in their config."""
+    return record.get("method") or record["config"]["method"]
 
 
 def learned_vectors(run_dirs) -> list[dict]:

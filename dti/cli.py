@@ -119,7 +119,7 @@ def _sample(args):
 
 def _score(args):
     from .io import atomic_path, package_versions, write_json
-    from .metrics import PROTOCOLS, score_manifest
+    from .metrics import PROTOCOLS, parse_model_ids, score_manifest
     from .train import resolve_device
 
     if args.metrics:
@@ -128,12 +128,7 @@ def _score(args):
         metrics = PROTOCOLS[args.protocol]
     else:
         raise DTIError(f"unknown protocol {args.protocol!r}; choose one of {', '.join(sorted(PROTOCOLS))}")
-    model_ids = {}
-    for item in args.model_id:
-        name, sep, value = item.partition("=")
-        if not sep:
-            raise DTIError(f"--model-id expects BACKBONE=ID, got {item!r}")
-        model_ids[name.strip()] = value.strip()
+    model_ids = parse_model_ids(args.model_id)
     scores = score_manifest(args.manifest, args.references, metrics, model_ids, str(resolve_device(args.device)),
                             args.batch_size, args.masks)
     with atomic_path(args.out) as tmp:

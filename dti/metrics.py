@@ -25,7 +25,8 @@ import torch.nn.functional as F
 
 from .io import DTIError
 
-__all__ = ["DEFAULT_MODEL_IDS", "METRICS", "PROTOCOLS", "Metric", "Backbones", "score_images", "score_manifest"]
+__all__ = ["DEFAULT_MODEL_IDS", "METRICS", "PROTOCOLS", "Metric", "Backbones", "parse_model_ids", "score_images",
+           "score_manifest"]
 
 DEFAULT_MODEL_IDS = {
     "dinov2": "facebook/dinov2-base",
@@ -64,6 +65,17 @@ MANIFEST_COLUMNS = ["run", "method", "subject", "prompt_index", "prompt", "scori
                     "height", "width"]
 OUTPUT_COLUMNS = ["run", "method", "subject", "prompt_index", "prompt", "scoring_text", "seed", "file",
                   "metric", "value", "references"]
+
+
+def parse_model_ids(items: list[str]) -> dict[str, str]:
+    """``["dinov2=PATH", ...]`` (the command lines' ``--model-id``) as a dict."""
+    out = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep:
+            raise DTIError(f"--model-id expects BACKBONE=ID, got {item!r}")
+        out[name.strip()] = value.strip()
+    return out
 
 
 def _check_metric_names(metric_names) -> list[str]:
