@@ -12,6 +12,8 @@ OUT = f"{config['results_dir']}/{config['name']}"
 RUNS = f"{OUT}/runs"
 SETS = " ".join(f"--set {k}={v}" for k, v in sorted(config.get("set", {}).items()))
 ALL_METHODS = config["methods"] + (["ti_rescaled"] if "ti" in config["methods"] else [])
+RUN_FILES = expand(f"{RUNS}/{{method}}/learned_embeds.safetensors", method=ALL_METHODS)  # what analyses wait for
+RUN_DIRS = " ".join(f"{RUNS}/{m}" for m in ALL_METHODS)  # what they read
 # A training job asks for every core it is given, so local trainings run one at a time,
 # and its torch threads never exceed the machine's cores (--cores 8 on a 2-core laptop).
 TORCH_THREADS = f"OMP_NUM_THREADS={min(workflow.cores, os.cpu_count())}"
@@ -61,48 +63,42 @@ rule rescale:
 
 
 rule training_curves:
-    input: expand(f"{RUNS}/{{method}}/learned_embeds.safetensors", method=ALL_METHODS)
+    input: RUN_FILES
     output:
         f"{OUT}/figures/norm_growth.png",
         f"{OUT}/figures/cosine_drift.png",
         f"{OUT}/tables/training_curves.csv",
         f"{OUT}/tables/final_norms.csv",
-    params: runs=" ".join(f"{RUNS}/{m}" for m in ALL_METHODS)
     shell:
-        "{PY} -m analysis.training_curves --runs {params.runs} --figures {OUT}/figures --tables {OUT}/tables"
+        "{PY} -m analysis.training_curves --runs {RUN_DIRS} --figures {OUT}/figures --tables {OUT}/tables"
 
 
 rule vocab_norms:
-    input: base=rules.base_model.output, runs=expand(f"{RUNS}/{{method}}/learned_embeds.safetensors", method=ALL_METHODS)
+    input: base=rules.base_model.output, runs=RUN_FILES
     output: f"{OUT}/figures/vocab_norms.png", f"{OUT}/tables/vocab_norms.csv", f"{OUT}/tables/learned_norms.csv"
-    params: runs=" ".join(f"{RUNS}/{m}" for m in ALL_METHODS)
-    shell: "{PY} -m analysis.vocab_norms --model {input.base} --runs {params.runs} --figures {OUT}/figures --tables {OUT}/tables"
+    shell: "{PY} -m analysis.vocab_norms --model {input.base} --runs {RUN_DIRS} --figures {OUT}/figures --tables {OUT}/tables"
 
 
 rule nearest_words:
-    input: base=rules.base_model.output, runs=expand(f"{RUNS}/{{method}}/learned_embeds.safetensors", method=ALL_METHODS)
+    input: base=rules.base_model.output, runs=RUN_FILES
     output: f"{OUT}/tables/nearest_words.csv"
-    params: runs=" ".join(f"{RUNS}/{m}" for m in ALL_METHODS)
-    shell: "{PY} -m analysis.nearest_words --model {input.base} --runs {params.runs} --tables {OUT}/tables"
+    shell: "{PY} -m analysis.nearest_words --model {input.base} --runs {RUN_DIRS} --tables {OUT}/tables"
 
 
 rule positional_probe:
-    input: base=rules.base_model.output, runs=expand(f"{RUNS}/{{method}}/learned_embeds.safetensors", method=ALL_METHODS)
+    input: base=rules.base_model.output, runs=RUN_FILES
     output: f"{OUT}/figures/positional_probe.png", f"{OUT}/tables/positional_probe.csv"
-    params: runs=" ".join(f"{RUNS}/{m}" for m in ALL_METHODS)
     threads: workflow.cores
-    shell: "{TORCH_THREADS} {PY} -m analysis.positional_probe --model {input.base} --runs {params.runs} --seed {config[seed]} --figures {OUT}/figures --tables {OUT}/tables"
+    shell: "{TORCH_THREADS} {PY} -m analysis.positional_probe --model {input.base} --runs {RUN_DIRS} --seed {config[seed]} --figures {OUT}/figures --tables {OUT}/tables"
 
 
 rule residual_stagnation:
-    input: base=rules.base_model.output, runs=expand(f"{RUNS}/{{method}}/learned_embeds.safetensors", method=ALL_METHODS)
+    input: base=rules.base_model.output, runs=RUN_FILES
     output: f"{OUT}/figures/residual_stagnation.png", f"{OUT}/tables/residual_stagnation.csv"
-    params: runs=" ".join(f"{RUNS}/{m}" for m in ALL_METHODS)
-    shell: "{PY} -m analysis.residual_stagnation --model {input.base} --runs {params.runs} --initializer '{config[initializer]}' --figures {OUT}/figures --tables {OUT}/tables"
+    shell: "{PY} -m analysis.residual_stagnation --model {input.base} --runs {RUN_DIRS} --initializer '{config[initializer]}' --figures {OUT}/figures --tables {OUT}/tables"
 
 
 rule contextual_map:
-    input: base=rules.base_model.output, runs=expand(f"{RUNS}/{{method}}/learned_embeds.safetensors", method=ALL_METHODS)
+    input: base=rules.base_model.output, runs=RUN_FILES
     output: f"{OUT}/figures/contextual_map.png", f"{OUT}/tables/contextual_map.csv"
-    params: runs=" ".join(f"{RUNS}/{m}" for m in ALL_METHODS)
-    shell: "{PY} -m analysis.contextual_map --model {input.base} --runs {params.runs} --figures {OUT}/figures --tables {OUT}/tables"
+    shell: "{PY} -m analysis.contextual_map --model {input.base} --runs {RUN_DIRS} --figures {OUT}/figures --tables {OUT}/tables"

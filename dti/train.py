@@ -123,33 +123,19 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False, family=No
         _truncate_log(log, step)
     else:
         out_dir.mkdir(parents=True, exist_ok=True)
-        _truncate_log(log, -1)
-        _append_log(log, _log_rows(0, float("nan"), initial, initial, init_rows, None, None, cfg.lr))
+        log.unlink(missing_ok=True)
     write_json(record, out_dir / "run.json")
 
-    last_checkpoint = step
+    log_file, log_writer = _open_log(log)  # once per run, not per step
+    if start_state != "resume":
+        log_writer.writerows(_log_rows(0, float("nan"), initial, initial, init_rows, None, None, cfg.lr))
     bar = tqdm(total=cfg.steps, initial=step, disable=not sys.stderr.isatty(), desc=cfg.method)
-    while step < cfg.steps:
-        step += 1
-        before = trainer.embeddings()
-        params_before = [p.detach().clone() for p in method.params]
-        loss = trainer.step()
-        if not math.isfinite(loss):
-            family.set_rows(None)
-            raise DTIError(f"loss is {loss} at step {step}; training stopped, last good checkpoint is "
-                           f"step {last_checkpoint} in {out_dir}")
-        with torch.no_grad():
-            grads = [p.grad.detach().clone() for p in method.params]
-            updates = [(p - q) / cfg.lr for p, q in zip(method.params, params_before)]
-        _append_log(log, _log_rows(step, loss, trainer.embeddings(), initial, init_rows, before,
-                                   (grads, updates), cfg.lr))
-        bar.update(1)
-        bar.set_postfix(loss=f"{loss:.4f}")
-        if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < cfg.steps:
-            _save_checkpoint(out_dir / CHECKPOINT, step, cfg, method, trainer.optimizer, trainer.gen)
-            last_checkpoint = step
-    bar.close()
-    family.set_rows(None)
+    try:
+        step = _train_loop(trainer, cfg, out_dir, step, log_file, log_writer, bar, initial, init_rows)
+    finally:
+        log_file.close()
+        bar.close()
+        family.set_rows(None)
 
     final = [e.float().cpu() for e in trainer.embeddings()]
     meta = {"method": cfg.method, "family": cfg.family, "base_model": cfg.model, "placeholder": cfg.placeholder,
@@ -244,13 +230,40 @@ def _log_rows(step, loss, embeds, initial, init_rows, before, grads_updates, lr)
     return rows
 
 
-def _append_log(path: Path, rows: list[dict]):
+def _train_loop(trainer: Trainer, cfg: TrainConfig, out_dir: Path, step: int, log_file, log_writer, bar,
+                initial, init_rows):
+    """Steps from ``step`` to ``cfg.steps`` (returned): one log row per encoder and vector each step, checkpoints."""
+    method = trainer.method
+    last_checkpoint = step
+    while step < cfg.steps:
+        step += 1
+        before = trainer.embeddings()
+        params_before = [p.detach().clone() for p in method.params]
+        loss = trainer.step()
+        if not math.isfinite(loss):
+            raise DTIError(f"loss is {loss} at step {step}; training stopped, last good checkpoint is "
+                           f"step {last_checkpoint} in {out_dir}")
+        with torch.no_grad():
+            grads = [p.grad.detach().clone() for p in method.params]
+            updates = [(p - q) / cfg.lr for p, q in zip(method.params, params_before)]
+        log_writer.writerows(_log_rows(step, loss, trainer.embeddings(), initial, init_rows, before,
+                                       (grads, updates), cfg.lr))
+        log_file.flush()  # the log can be watched while training runs
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss:.4f}")
+        if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < cfg.steps:
+            _save_checkpoint(out_dir / CHECKPOINT, step, cfg, method, trainer.optimizer, trainer.gen)
+            last_checkpoint = step
+    return step
+
+
+def _open_log(path: Path):
     new = not path.exists()
-    with path.open("a", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=LOG_FIELDS)
-        if new:
-            writer.writeheader()
-        writer.writerows(rows)
+    f = path.open("a", newline="")
+    writer = csv.DictWriter(f, fieldnames=LOG_FIELDS)
+    if new:
+        writer.writeheader()
+    return f, writer
 
 
 def _truncate_log(path: Path, last_step: int):
