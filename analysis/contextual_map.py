@@ -100,10 +100,13 @@ def main(argv=None):
     parser.add_argument("--model", required=True, help="base pipeline (hub id or folder)")
     parser.add_argument("--runs", nargs="*", default=[], help="finished run directories to place among the words")
     parser.add_argument("--template", default=TEMPLATE, help="prompt with {} where the word or token goes")
+    parser.add_argument("--related", nargs="+", default=WORDS["related"], help="words related to the concepts")
+    parser.add_argument("--unrelated", nargs="+", default=WORDS["unrelated"], help="words unrelated to them")
     parser.add_argument("--figures", required=True)
     parser.add_argument("--tables", required=True)
     args = parser.parse_args(argv)
-    df = contextual_map(load_text_encoders(args.model), learned_vectors(args.runs), args.template)
+    words = {"related": args.related, "unrelated": args.unrelated}
+    df = contextual_map(load_text_encoders(args.model), learned_vectors(args.runs), args.template, words)
     write_csv(df, Path(args.tables) / "contextual_map.csv")
     plot(df, Path(args.figures))
 

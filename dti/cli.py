@@ -1,4 +1,4 @@
-"""Command line: ``python -m dti {train,rescale,data,sample,score,aggregate}``."""
+"""Command line: ``python -m dti {train,rescale,data,sample,score,aggregate,tables}``."""
 
 from __future__ import annotations
 
@@ -71,6 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--model-id", action="append", default=[], metavar="BACKBONE=ID",
                    help="hub id or local path of a backbone (dinov2, dino, clip, siglip); repeatable")
     c.add_argument("--masks", help="reference masks, <subject>/<image stem>.png (default: unmasked)")
+    c.add_argument("--prompt-sets", help="mini world: prompt_sets.json with each prompt's attributes (attribute metrics)")
+    c.add_argument("--subjects", help="mini world: subjects.csv with each subject's class, colour, pattern (attribute metrics)")
     c.add_argument("--device", default="auto", help="auto (cuda when present), cpu, cuda, ...")
     c.add_argument("--batch-size", type=int, default=16, help="images per backbone batch")
 
@@ -78,6 +80,19 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--scores", nargs="+", required=True, help="CSV files written by `dti score`")
     a.add_argument("--out", required=True, help="folder for per_subject.csv, summary.csv, summary.md")
     a.add_argument("--subjects-file", help="subjects expected (a missing one makes the mean NaN); default: those present")
+    a.add_argument("--subject-names", nargs="+", help="subjects expected, by name (instead of --subjects-file)")
+
+    t = sub.add_parser("tables", help="the main or ablation table (CSV, Markdown, LaTeX) from aggregated summaries")
+    t.add_argument("kind", choices=["main", "ablation"])
+    t.add_argument("--summary", required=True,
+                   help="summary.csv of the main methods (for the ablation: its DTI row is the default cell)")
+    t.add_argument("--cell", action="append", default=[], metavar="LABEL=SUMMARY", help="ablation: one cell's summary.csv")
+    t.add_argument("--default-cell", default="rsgd, m*=mean, kappa=0.0001", help="ablation: label of the default DTI row")
+    t.add_argument("--image-metric", required=True)
+    t.add_argument("--text-metric", required=True)
+    t.add_argument("--model-label", default="", help="main: the model's name in the table")
+    t.add_argument("--paper", help="model key of the paper's reported numbers to print beside ours (sdxl, sana_1.6b, ...)")
+    t.add_argument("--out", required=True, help="folder for NAME.csv, NAME.md, NAME.tex")
     return parser
 
 
@@ -119,7 +134,7 @@ def _sample(args):
 
 def _score(args):
     from .io import atomic_path, package_versions, write_json
-    from .metrics import PROTOCOLS, parse_model_ids, score_manifest
+    from .metrics import PROTOCOLS, mini_expectations, parse_model_ids, score_manifest
     from .train import resolve_device
 
     if args.metrics:
@@ -129,8 +144,11 @@ def _score(args):
     else:
         raise DTIError(f"unknown protocol {args.protocol!r}; choose one of {', '.join(sorted(PROTOCOLS))}")
     model_ids = parse_model_ids(args.model_id)
+    if bool(args.prompt_sets) != bool(args.subjects):
+        raise DTIError("--prompt-sets and --subjects go together")
+    expectations = mini_expectations(args.prompt_sets, args.subjects) if args.prompt_sets else None
     scores = score_manifest(args.manifest, args.references, metrics, model_ids, str(resolve_device(args.device)),
-                            args.batch_size, args.masks)
+                            args.batch_size, args.masks, expectations)
     with atomic_path(args.out) as tmp:
         scores.to_csv(tmp, index=False)
     write_json({"manifest": args.manifest, "references": args.references, "metrics": metrics,
@@ -144,11 +162,30 @@ def _aggregate(args):
     from .data import read_subjects
 
     subjects = [r["subject"] for r in read_subjects(args.subjects_file)] if args.subjects_file else None
+    if args.subject_names:
+        subjects = list(args.subject_names)
     return write_tables(read_scores(args.scores), args.out, subjects)
 
 
+def _tables(args):
+    from . import tables
+
+    if args.kind == "main":
+        tables.main_table(args.summary, args.out, args.image_metric, args.text_metric, args.model_label, args.paper)
+        return args.out
+    cells = {}
+    for item in args.cell:
+        label, sep, path = item.rpartition("=")
+        if not sep or not label:
+            raise DTIError(f"--cell expects LABEL=SUMMARY, got {item!r}")
+        cells[label] = path
+    tables.ablation_table(cells, args.summary, args.out, args.image_metric, args.text_metric, args.default_cell,
+                          args.paper)
+    return args.out
+
+
 COMMANDS = {"train": _train, "rescale": _rescale, "data": _data, "sample": _sample, "score": _score,
-            "aggregate": _aggregate}
+            "aggregate": _aggregate, "tables": _tables}
 
 
 def _quiet_loaders():

@@ -6,7 +6,11 @@ scoring text. Protocols name the metric sets of the two tables:
 
 * ``paper``: DINOv2 image similarity and the SigLIP match probability
   ``sigmoid(exp(logit_scale) * cos + logit_bias)``;
-* ``dreambooth``: DINO ViT-S/16 and CLIP-I image similarity, CLIP-T and the raw SigLIP cosine.
+* ``dreambooth``: DINO ViT-S/16 and CLIP-I image similarity, CLIP-T and the raw SigLIP cosine;
+* ``mini``: the mini world's evaluator CLIP (patch-feature image similarity, the DINO analogue;
+  CLIP-I; CLIP-T) and its attribute read-out: the share of the prompt's asked attributes that
+  the image shows (``attr_prompt``, text fidelity) and of the subject's own class, colour and
+  pattern (``attr_subject``, identity).
 
 Each backbone is loaded once per job and run batched, in eval mode, without gradients, in
 float32. Model ids are configuration: a hub id or a local folder for the transformers
@@ -33,18 +37,23 @@ DEFAULT_MODEL_IDS = {
     "dino": "facebook/dino-vits16",
     "clip": "ViT-B-32/openai",
     "siglip": "google/siglip-base-patch16-512",
+    "mini": "experiments/mini/world/evaluator",
+    "readout": "experiments/mini/world/readout",
 }
 
 
 @dataclass(frozen=True)
 class Metric:
-    """``kind``: "image" (against the subject's references) or "text" (against the scoring text).
-    ``probability``: report SigLIP's sigmoid match probability instead of the cosine."""
+    """``kind``: "image" (against the subject's references), "text" (against the scoring text) or
+    "attributes" (the read-out against what the image should show).
+    ``probability``: report SigLIP's sigmoid match probability instead of the cosine.
+    ``view``: which embedding of the backbone (the mini evaluator has two)."""
 
     name: str
     backbone: str
     kind: str
     probability: bool = False
+    view: str = "clip"
 
 
 METRICS: dict[str, Metric] = {m.name: m for m in [
@@ -54,11 +63,17 @@ METRICS: dict[str, Metric] = {m.name: m for m in [
     Metric("clip_t", "clip", "text"),
     Metric("siglip", "siglip", "text", probability=True),
     Metric("siglip_cos", "siglip", "text"),
+    Metric("mini_patch", "mini", "image", view="patch"),
+    Metric("mini_clip_i", "mini", "image"),
+    Metric("mini_clip_t", "mini", "text"),
+    Metric("attr_prompt", "readout", "attributes", view="prompt"),
+    Metric("attr_subject", "readout", "attributes", view="subject"),
 ]}
 
 PROTOCOLS: dict[str, list[str]] = {
     "paper": ["dinov2", "siglip"],
     "dreambooth": ["dino", "clip_i", "clip_t", "siglip_cos"],
+    "mini": ["mini_patch", "mini_clip_i", "mini_clip_t", "attr_prompt", "attr_subject"],
 }
 
 MANIFEST_COLUMNS = ["run", "method", "subject", "prompt_index", "prompt", "scoring_text", "seed", "file",
@@ -137,6 +152,12 @@ class Backbones:
     def _load(self, backbone: str, model_id: str) -> dict:
         if backbone == "clip":
             return self._load_open_clip(model_id)
+        if backbone in ("mini", "readout"):
+            from .mini.models import Evaluator, Readout
+
+            if not Path(model_id).is_dir():
+                raise DTIError(f"no folder {model_id}")
+            return {"model": Evaluator(model_id, self.device) if backbone == "mini" else Readout.load(model_id, self.device)}
         from transformers import AutoImageProcessor, AutoModel, AutoProcessor
 
         # transformers 5 loads in the checkpoint's dtype by default; scores are float32.
@@ -185,9 +206,12 @@ class Backbones:
 
     # -- embeddings ------------------------------------------------------- #
     @torch.inference_mode()
-    def image_embeddings(self, backbone: str, images) -> torch.Tensor:
+    def image_embeddings(self, backbone: str, images, view: str = "clip") -> torch.Tensor:
         """[N, D] L2-normalised image features (DINO/DINOv2: the CLS token)."""
         m = self._get(backbone)
+        if backbone == "mini":
+            return torch.cat([m["model"].image_embeddings(images[i:i + self.batch_size], view)
+                              for i in range(0, len(images), self.batch_size)])
         out = []
         for start in range(0, len(images), self.batch_size):
             batch = [im if im.mode == "RGB" else im.convert("RGB") for im in images[start:start + self.batch_size]]
@@ -209,10 +233,12 @@ class Backbones:
     @torch.inference_mode()
     def text_embeddings(self, backbone: str, texts) -> torch.Tensor:
         """[N, D] L2-normalised text features (CLIP or SigLIP)."""
-        if backbone not in ("clip", "siglip"):
-            raise DTIError(f"backbone '{backbone}' has no text encoder (text backbones: clip, siglip)")
+        if backbone not in ("clip", "siglip", "mini"):
+            raise DTIError(f"backbone '{backbone}' has no text encoder (text backbones: clip, siglip, mini)")
         m = self._get(backbone)
         texts = [str(t) for t in texts]
+        if backbone == "mini":
+            return m["model"].text_embeddings(texts)
         out = []
         for start in range(0, len(texts), self.batch_size):
             batch = texts[start:start + self.batch_size]
@@ -243,11 +269,13 @@ def _pooled(features):
 # --------------------------------------------------------------------------- #
 # Scoring
 # --------------------------------------------------------------------------- #
-def score_images(backbones: Backbones, metric_names, images, texts, references) -> dict[str, list[float]]:
+def score_images(backbones: Backbones, metric_names, images, texts, references,
+                 expected: list[dict] | None = None) -> dict[str, list[float]]:
     """Score one subject's generated ``images`` (with their scoring ``texts``) against its ``references``.
 
     Returns ``{metric: [value per image]}``. References and distinct texts are embedded once per
-    backbone; image metrics average the cosine over all references.
+    backbone; image metrics average the cosine over all references. Attribute metrics need
+    ``expected``: per image, ``{"prompt": {head: value}, "subject": {head: value}}``.
     """
     names = _check_metric_names(metric_names)
     missing = [n for n in names if METRICS[n].backbone not in backbones.backbones]
@@ -261,30 +289,71 @@ def score_images(backbones: Backbones, metric_names, images, texts, references) 
     if not references and any(METRICS[n].kind == "image" for n in names):
         raise DTIError("image metrics need at least one reference image")
 
-    image_emb: dict[str, torch.Tensor] = {}
-    ref_emb: dict[str, torch.Tensor] = {}
+    if any(METRICS[n].kind == "attributes" for n in names) and (expected is None or len(expected) != len(images)):
+        raise DTIError("attribute metrics need the expected attributes of every image")
+    image_emb: dict[tuple, torch.Tensor] = {}
+    ref_emb: dict[tuple, torch.Tensor] = {}
     text_emb: dict[str, torch.Tensor] = {}
+    predicted = None
     distinct = list(dict.fromkeys(texts))
     text_row = torch.tensor([distinct.index(t) for t in texts])
     result = {}
     for name in names:
         metric = METRICS[name]
-        b = metric.backbone
-        if b not in image_emb:
-            image_emb[b] = backbones.image_embeddings(b, images)
+        b, key = metric.backbone, (metric.backbone, metric.view)
+        if metric.kind == "attributes":
+            if predicted is None:
+                predicted = backbones._get(b)["model"].predict(images)
+            result[name] = [attribute_share(predicted, i, e[metric.view]) for i, e in enumerate(expected)]
+            continue
+        if key not in image_emb:
+            image_emb[key] = backbones.image_embeddings(b, images, metric.view)
         if metric.kind == "image":
-            if b not in ref_emb:
-                ref_emb[b] = backbones.image_embeddings(b, list(references))
-            values = (image_emb[b] @ ref_emb[b].T).mean(dim=1)
+            if key not in ref_emb:
+                ref_emb[key] = backbones.image_embeddings(b, list(references), metric.view)
+            values = (image_emb[key] @ ref_emb[key].T).mean(dim=1)
         else:
             if b not in text_emb:
                 text_emb[b] = backbones.text_embeddings(b, distinct)[text_row]
-            values = (image_emb[b] * text_emb[b]).sum(dim=1)
+            values = (image_emb[key] * text_emb[b]).sum(dim=1)
             if metric.probability:
                 scale, bias = backbones.siglip_logit_params()
                 values = torch.sigmoid(values * math.exp(scale) + bias)
         result[name] = [float(v) for v in values]
     return result
+
+
+def attribute_share(predicted: dict[str, list], index: int, wanted: dict) -> float:
+    """Share of the ``wanted`` attributes the read-out sees in image ``index`` (NaN when none asked)."""
+    if not wanted:
+        return math.nan
+    return sum(predicted[h][index] == v for h, v in wanted.items()) / len(wanted)
+
+
+def mini_expectations(prompt_sets, subjects) -> callable:
+    """``f(subject, prompt_set, prompt_index) -> {"prompt": ..., "subject": ...}`` from a mini world's
+    prompt sets (with their ``attributes``) and subjects table (class, colour, pattern)."""
+    import csv
+    import json
+
+    sets = json.loads(Path(prompt_sets).read_text())
+    with Path(subjects).open(newline="") as f:
+        table = {r["subject"]: r for r in csv.DictReader(f)}
+
+    def expect(subject: str, prompt_set: str, index: int) -> dict:
+        if subject not in table:
+            raise DTIError(f"subject {subject!r} is not in {subjects}")
+        attributes = sets.get(prompt_set, {}).get("attributes")
+        if attributes is None:
+            raise DTIError(f"prompt set {prompt_set!r} in {prompt_sets} has no 'attributes' list")
+        prompt = dict(attributes[int(index)])
+        row = table[subject]
+        own = {"class": row["class"], "colour": row["colour"], "pattern": row["pattern"]}
+        if prompt.get("count") == 2:  # two objects: the read-out says only how many
+            own = {}
+        own = {k: v for k, v in own.items() if k not in prompt}  # a recolouring prompt overrides the colour
+        return {"prompt": prompt, "subject": own}
+    return expect
 
 
 def _open_image(path: Path, what: str, load: bool = True):
@@ -367,14 +436,14 @@ def _read_manifest(manifest: Path):
 
 
 def score_manifest(manifest, references, metric_names, model_ids=None, device="cpu", batch_size: int = 16,
-                   masks=None):
+                   masks=None, expectations=None):
     """Score every image of a sample manifest; one row per (manifest row, metric).
 
     ``references/<subject>/`` holds each subject's reference photos (every non-hidden file an
     image); with ``masks``, ``masks/<subject>/<stem>.png`` blacks out each reference's
     background (mask 0). A row whose image file is missing gets NaN for every metric.
     Inputs are all checked before any model is loaded. The model ids used are in
-    ``frame.attrs["model_ids"]``.
+    ``frame.attrs["model_ids"]``. Attribute metrics need ``expectations`` (``mini_expectations``).
     """
     import pandas as pd
 
@@ -384,6 +453,8 @@ def score_manifest(manifest, references, metric_names, model_ids=None, device="c
     masks = Path(masks) if masks is not None else None
     df = _read_manifest(manifest)
     need_refs = any(METRICS[n].kind == "image" for n in names)
+    if any(METRICS[n].kind == "attributes" for n in names) and expectations is None:
+        raise DTIError("attribute metrics need the world's prompt sets and subjects table (--prompt-sets, --subjects)")
 
     # Check every input first: a bad file should fail in seconds, not after model loading.
     paths, present = [], []
@@ -423,7 +494,11 @@ def score_manifest(manifest, references, metric_names, model_ids=None, device="c
             continue
         refs = _load_references(ref_files[subject], subject, masks) if need_refs else []
         images = [_open_image(paths[i], "generated image") for i in rows]
-        scores = score_images(backbones, names, images, [texts_col[i] for i in rows], refs)
+        expected = None
+        if expectations is not None:
+            expected = [expectations(subject, str(df["prompt_set"].iloc[i]) if "prompt_set" in df.columns else "",
+                                     int(df["prompt_index"].iloc[i])) for i in rows]
+        scores = score_images(backbones, names, images, [texts_col[i] for i in rows], refs, expected)
         for name in names:
             for i, v in zip(rows, scores[name]):
                 values[name][i] = v

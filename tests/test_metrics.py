@@ -40,7 +40,7 @@ def test_registry():
     for names in PROTOCOLS.values():
         assert all(n in METRICS for n in names)
     assert {m.backbone for m in METRICS.values()} == set(metrics.DEFAULT_MODEL_IDS)
-    assert {m.kind for m in METRICS.values()} == {"image", "text"}
+    assert {m.kind for m in METRICS.values()} == {"image", "text", "attributes"}
 
 
 def test_same_image_gives_cosine_one(backbones):

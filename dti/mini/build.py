@@ -1,0 +1,462 @@
+"""Pretrain the mini world from its seed, in resumable stages.
+
+    python -m dti.mini.build --work results/mini_build --out experiments/mini/world
+
+Stages run in order; each keeps a checkpoint (safetensors) and a loss log in ``WORK/<stage>``
+and is skipped once finished, so an interrupted build continues where it stopped, also in
+another sitting. ``export`` writes the shipped folder; ``gates`` measures it (``dti.mini.gates``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+import multiprocessing
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..io import DTIError, atomic_path, load_tensors, package_versions, read_json, save_tensors, write_json
+from . import models, world
+
+
+def _f(default, help: str):
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass
+class BuildConfig:
+    seed: int = _f(0, "World seed: data, initialisations and batch draws all derive from it.")
+    train_images: int = _f(120_000, "Pretraining scenes (conditioning CLIP, VAE, UNet).")
+    eval_images: int = _f(40_000, "Scenes of a second seed (evaluator CLIP, read-out).")
+    vae_steps: int = _f(1200, "VAE steps.")
+    vae_batch: int = _f(32, "VAE batch size.")
+    clip_steps: int = _f(2000, "Steps of the conditioning CLIP.")
+    clip_batch: int = _f(128, "CLIP batch (each with one hard-negative caption per image).")
+    text_width: int = _f(64, "Width of the conditioning text encoder.")
+    evaluator_width: int = _f(96, "Width of the evaluator CLIP (a different model from the conditioning one).")
+    evaluator_steps: int = _f(1200, "Steps of the evaluator CLIP.")
+    unet_steps: int = _f(3500, "UNet steps.")
+    unet_batch: int = _f(64, "UNet batch size.")
+    unet_lr: float = _f(6e-4, "UNet peak learning rate (AdamW, warm-up then cosine).")
+    caption_dropout: float = _f(0.1, "Share of empty captions in UNet training (for classifier-free guidance).")
+    readout_steps: int = _f(1000, "Attribute read-out steps.")
+    checkpoint_every: int = _f(250, "Steps between checkpoints.")
+
+
+STAGES = ("data", "text", "vae", "unet", "evaluator", "readout", "export")
+
+
+# --------------------------------------------------------------------------- #
+# Data
+# --------------------------------------------------------------------------- #
+CHUNK = 5000
+
+
+def _chunk(args):
+    seed, index = args
+    return world.dataset(seed * 100_003 + index, CHUNK)
+
+
+def build_data(work: Path, cfg: BuildConfig, n: int, seed: int, name: str):
+    """Scenes in chunks of CHUNK (each from its own seed, so the set does not depend on the workers)."""
+    if (work / f"{name}.safetensors").is_file():
+        return
+    chunks = [(seed, i) for i in range(math.ceil(n / CHUNK))]
+    with multiprocessing.get_context("spawn").Pool(min(len(chunks), os.cpu_count() or 1)) as pool:
+        parts = pool.map(_chunk, chunks)
+    images = np.concatenate([p["images"] for p in parts])[:n]
+    labels = {h: np.concatenate([p["labels"][h] for p in parts])[:n] for h in world.HEADS}
+    captions = [c for p in parts for c in p["captions"]][:n]
+    negatives = [c for p in parts for c in p["negatives"]][:n]
+    write_json({"captions": captions, "negatives": negatives}, work / f"{name}_captions.json")
+    save_tensors({"images": torch.from_numpy(images), **{f"label.{h}": torch.from_numpy(v) for h, v in labels.items()}},
+                 work / f"{name}.safetensors")
+
+
+def load_data(work: Path, name: str) -> dict:
+    tensors = load_tensors(work / f"{name}.safetensors")
+    text = read_json(work / f"{name}_captions.json")
+    return {"images": tensors["images"], "labels": {h: tensors[f"label.{h}"] for h in world.HEADS}, **text}
+
+
+# --------------------------------------------------------------------------- #
+# A resumable training loop shared by the stages
+# --------------------------------------------------------------------------- #
+class Stage:
+    """Checkpoints (model, EMA, optimizer, step) and a CSV loss log in ``folder``."""
+
+    def __init__(self, folder: Path, modules: dict[str, torch.nn.Module], optimizer, steps: int, lr: float,
+                 warmup: int = 100, ema: dict[str, torch.nn.Module] | None = None):
+        self.folder, self.modules, self.opt, self.steps, self.lr, self.warmup = folder, modules, optimizer, steps, lr, warmup
+        self.ema = ema or {}
+        folder.mkdir(parents=True, exist_ok=True)
+        self.start = self._load()
+
+    @property
+    def done(self) -> bool:
+        """Finished at this many steps (a larger ``steps`` continues from the last checkpoint)."""
+        path = self.folder / "done.json"
+        return path.is_file() and read_json(path)["steps"] >= self.steps
+
+    def _state(self) -> dict:
+        out = {f"model.{n}.{k}": v for n, m in self.modules.items() for k, v in m.state_dict().items()}
+        out.update({f"ema.{n}.{k}": v for n, m in self.ema.items() for k, v in m.state_dict().items()})
+        for idx, state in self.opt.state_dict()["state"].items():
+            out.update({f"opt.{idx}.{k}": torch.as_tensor(v) for k, v in state.items()})
+        return out
+
+    def _load(self) -> int:
+        path = self.folder / "checkpoint.safetensors"
+        if not path.is_file():
+            return 0
+        tensors = load_tensors(path)
+        meta = read_json(self.folder / "checkpoint.json")
+        for prefix, group in (("model", self.modules), ("ema", self.ema)):
+            for n, m in group.items():
+                m.load_state_dict({k[len(f"{prefix}.{n}."):]: v for k, v in tensors.items()
+                                   if k.startswith(f"{prefix}.{n}.")})
+        state = {}
+        for k, v in tensors.items():
+            if k.startswith("opt."):
+                _, idx, name = k.split(".", 2)
+                state.setdefault(int(idx), {})[name] = v
+        self.opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+        return int(meta["step"])
+
+    def save(self, step: int):
+        save_tensors(self._state(), self.folder / "checkpoint.safetensors")
+        write_json({"step": step, "param_groups": self.opt.state_dict()["param_groups"]},
+                   self.folder / "checkpoint.json")
+
+    def set_lr(self, step: int):
+        warm = min(1.0, (step + 1) / self.warmup)
+        cosine = 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / self.steps))
+        for group in self.opt.param_groups:
+            group["lr"] = self.lr * warm * cosine
+
+    def run(self, step_fn, every: int, seed: int):
+        """``step_fn(step, generator) -> dict of floats``; the generator is seeded by (seed, step),
+        so a resumed stage draws the same batches as an uninterrupted one."""
+        log_path = self.folder / "log.csv"
+        if self.start == 0 and log_path.exists():
+            log_path.unlink()
+        t0 = time.time()
+        with log_path.open("a", newline="") as f:
+            writer = None
+            for step in range(self.start, self.steps):
+                self.set_lr(step)
+                gen = torch.Generator().manual_seed(seed * 1_000_003 + step)
+                values = step_fn(step, gen)
+                self._ema_update(step)
+                if writer is None:
+                    writer = csv.DictWriter(f, fieldnames=["step", *values, "seconds"])
+                    if f.tell() == 0:
+                        writer.writeheader()
+                if step % 25 == 0 or step == self.steps - 1:
+                    writer.writerow({"step": step, **{k: f"{v:.5f}" for k, v in values.items()},
+                                     "seconds": f"{time.time() - t0:.1f}"})
+                    f.flush()
+                    print(f"{self.folder.name} {step}/{self.steps} " + " ".join(f"{k}={v:.4f}" for k, v in values.items()),
+                          flush=True)
+                if (step + 1) % every == 0 and step + 1 < self.steps:
+                    self.save(step + 1)
+        self.save(self.steps)
+        write_json({"steps": self.steps, "seconds_this_sitting": round(time.time() - t0, 1)}, self.folder / "done.json")
+
+    @torch.no_grad()
+    def _ema_update(self, step: int):
+        decay = min(0.999, (1 + step) / (10 + step))
+        for n, ema in self.ema.items():
+            for p_ema, p in zip(ema.parameters(), self.modules[n].parameters()):
+                p_ema.lerp_(p, 1 - decay)
+
+
+def _adamw(modules, lr, weight_decay):
+    params = [p for m in modules for p in m.parameters()]
+    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+
+
+# --------------------------------------------------------------------------- #
+# Stages
+# --------------------------------------------------------------------------- #
+def _token_ids(tokenizer, texts: list[str]) -> torch.Tensor:
+    return tokenizer(texts, padding="max_length", max_length=models.MAX_TOKENS, truncation=True,
+                     return_tensors="pt").input_ids
+
+
+def train_clip(folder: Path, data: dict, tokenizer, width: int, steps: int, batch: int, seed: int, every: int):
+    """CLIP-style contrastive pretraining with one hard negative caption per image."""
+    from transformers import CLIPModel
+
+    torch.manual_seed(seed)
+    model = CLIPModel(models.clip_config(len(tokenizer), width))
+    stage = Stage(folder, {"clip": model}, _adamw([model], 1e-3, 0.1), steps, 1e-3)
+    if stage.done:
+        return model
+    captions, negatives = _token_ids(tokenizer, data["captions"]), _token_ids(tokenizer, data["negatives"])
+    same = (captions == negatives).all(dim=1)
+    images = data["images"]
+
+    def embed_text(ids):
+        return F.normalize(model.text_projection(model.text_model(input_ids=ids).pooler_output), dim=-1)
+
+    def step_fn(step, gen):
+        idx = torch.randint(len(images), (batch,), generator=gen)
+        img = F.normalize(model.visual_projection(model.vision_model(
+            pixel_values=models.clip_pixels(images[idx])).pooler_output), dim=-1)
+        txt = embed_text(torch.cat([captions[idx], negatives[idx]]))
+        scale = model.logit_scale.exp().clamp(max=100)
+        logits = scale * img @ txt.T  # [B, 2B]: own caption, other captions, hard negatives
+        mask = torch.zeros_like(logits, dtype=torch.bool)
+        mask[torch.arange(batch), batch + torch.arange(batch)] = same[idx]  # a negative equal to its caption
+        logits = logits.masked_fill(mask, -1e4)
+        target = torch.arange(batch)
+        loss = 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits[:, :batch].T, target))
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        stage.opt.step()
+        stage.opt.zero_grad(set_to_none=True)
+        acc = (logits.argmax(1) == target).float().mean()
+        return {"loss": loss.item(), "top1_among_2b": acc.item()}
+
+    model.train()
+    stage.run(step_fn, every, seed)
+    return model.eval()
+
+
+def train_vae(folder: Path, data: dict, cfg: BuildConfig):
+    torch.manual_seed(cfg.seed + 11)
+    vae = models.make_vae()
+    stage = Stage(folder, {"vae": vae}, _adamw([vae], 2e-3, 0.0), cfg.vae_steps, 2e-3)
+    if stage.done:
+        return vae
+    images = data["images"]
+
+    def step_fn(step, gen):
+        x = models.vae_pixels(images[torch.randint(len(images), (cfg.vae_batch,), generator=gen)])
+        dist = vae.encode(x).latent_dist
+        recon = vae.decode(dist.sample(generator=gen)).sample
+        mse = F.mse_loss(recon, x)
+        loss = mse + 0.1 * F.l1_loss(recon, x) + 1e-6 * dist.kl().mean()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        stage.opt.step()
+        stage.opt.zero_grad(set_to_none=True)
+        return {"loss": loss.item(), "mse": mse.item()}
+
+    vae.train()
+    stage.run(step_fn, cfg.checkpoint_every, cfg.seed + 11)
+    return vae.eval()
+
+
+@torch.no_grad()
+def encode_latents(vae, images: torch.Tensor, batch: int = 500) -> torch.Tensor:
+    return torch.cat([vae.encode(models.vae_pixels(images[i:i + batch])).latent_dist.mode()
+                      for i in range(0, len(images), batch)])
+
+
+def train_unet(folder: Path, latents: torch.Tensor, data: dict, tokenizer, text_encoder, cfg: BuildConfig):
+    from diffusers import DDPMScheduler
+
+    torch.manual_seed(cfg.seed + 13)
+    unet = models.make_unet(text_encoder.config.hidden_size)
+    ema = models.make_unet(text_encoder.config.hidden_size)
+    ema.load_state_dict(unet.state_dict())
+    stage = Stage(folder, {"unet": unet}, _adamw([unet], cfg.unet_lr, 0.01), cfg.unet_steps, cfg.unet_lr,
+                  warmup=200, ema={"unet": ema})
+    if stage.done:
+        return ema.eval()
+    sched = DDPMScheduler(**models.scheduler_config())
+    captions = _token_ids(tokenizer, data["captions"])
+    empty = _token_ids(tokenizer, [""])
+    snr = sched.alphas_cumprod / (1 - sched.alphas_cumprod)
+    weight = snr.clamp(max=5.0) / (snr + 1)  # min-SNR-5 weighting for v-prediction
+    text_encoder.requires_grad_(False).eval()
+
+    def step_fn(step, gen):
+        idx = torch.randint(len(latents), (cfg.unet_batch,), generator=gen)
+        ids = captions[idx].clone()
+        ids[torch.rand(cfg.unet_batch, generator=gen) < cfg.caption_dropout] = empty[0]
+        with torch.no_grad():
+            states = text_encoder(input_ids=ids).last_hidden_state
+        x0 = latents[idx]
+        noise = torch.randn(x0.shape, generator=gen)
+        t = torch.randint(0, sched.config.num_train_timesteps, (cfg.unet_batch,), generator=gen)
+        pred = unet(sched.add_noise(x0, noise, t), t, encoder_hidden_states=states).sample
+        per_sample = (pred - sched.get_velocity(x0, noise, t)).pow(2).mean(dim=(1, 2, 3))
+        loss = (weight[t] * per_sample).mean()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
+        stage.opt.step()
+        stage.opt.zero_grad(set_to_none=True)
+        return {"loss": loss.item(), "mse": per_sample.mean().item()}
+
+    unet.train()
+    stage.run(step_fn, cfg.checkpoint_every, cfg.seed + 13)
+    return ema.eval()
+
+
+def readout_augment(x: torch.Tensor, gen) -> torch.Tensor:
+    """Render noise the generated images show: grain, a little blur, brightness."""
+    n = x.shape[0]
+    blur = torch.rand(n, 1, 1, 1, generator=gen) < 0.3
+    soft = F.avg_pool2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), 3, stride=1)
+    x = torch.where(blur, 0.5 * x + 0.5 * soft, x)
+    x = x * (1 + 0.1 * (torch.rand(n, 1, 1, 1, generator=gen) - 0.5))
+    return (x + 0.06 * torch.rand(n, 1, 1, 1, generator=gen) * torch.randn(x.shape, generator=gen)).clamp(-1, 1)
+
+
+def train_readout(folder: Path, data: dict, cfg: BuildConfig):
+    torch.manual_seed(cfg.seed + 17)
+    model = models.Readout()
+    stage = Stage(folder, {"readout": model}, _adamw([model], 2e-3, 0.01), cfg.readout_steps, 2e-3)
+    if stage.done:
+        return model.eval()
+    images, labels = data["images"], data["labels"]
+
+    def step_fn(step, gen):
+        idx = torch.randint(len(images), (128,), generator=gen)
+        out = model(readout_augment(models.vae_pixels(images[idx]), gen))
+        losses = {h: F.cross_entropy(out[h], labels[h][idx], ignore_index=-1) for h in world.HEADS}
+        loss = sum(losses.values())
+        loss.backward()
+        stage.opt.step()
+        stage.opt.zero_grad(set_to_none=True)
+        accs = {f"acc_{h}": ((out[h].argmax(-1) == labels[h][idx]).float().sum()
+                             / (labels[h][idx] >= 0).sum().clamp(min=1)).item() for h in ("class", "background", "position")}
+        return {"loss": loss.item(), **accs}
+
+    model.train()
+    stage.run(step_fn, cfg.checkpoint_every, cfg.seed + 17)
+    return model.eval()
+
+
+# --------------------------------------------------------------------------- #
+# Export: the folder the suite ships
+# --------------------------------------------------------------------------- #
+def export(out: Path, work: Path, cfg: BuildConfig, tokenizer, text_clip, vae, unet, evaluator, evaluator_tokenizer,
+           readout, scaling_factor: float):
+    import shutil
+    import tempfile
+
+    from diffusers import DDIMScheduler, StableDiffusionPipeline
+    from transformers import CLIPTextModel
+
+    text_encoder = CLIPTextModel(text_clip.config.text_config)
+    text_encoder.load_state_dict(text_clip.text_model.state_dict())
+    vae.register_to_config(scaling_factor=scaling_factor)
+    pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder.eval(), tokenizer=tokenizer, unet=unet,
+                                   scheduler=DDIMScheduler(**models.scheduler_config()), safety_checker=None,
+                                   feature_extractor=None, requires_safety_checker=False)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        pipe.save_pretrained(tmp / "pipeline", safe_serialization=True)
+        evaluator.save_pretrained(tmp / "evaluator", safe_serialization=True)
+        evaluator_tokenizer.save_pretrained(tmp / "evaluator")
+        models.image_processor().save_pretrained(tmp / "evaluator")
+        readout.save(tmp / "readout")
+        write_subjects(tmp, cfg.seed)
+        logs = tmp / "logs"
+        logs.mkdir()
+        for stage in STAGES[1:-1]:
+            if (work / stage / "log.csv").is_file():
+                shutil.copy(work / stage / "log.csv", logs / f"{stage}.csv")
+        write_json({"config": asdict(cfg), "versions": package_versions(),
+                    "stage_seconds": {s: read_json(work / s / "done.json").get("seconds_this_sitting")
+                                      for s in STAGES[1:-1] if (work / s / "done.json").is_file()}},
+                   tmp / "build.json")
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+
+
+def write_subjects(folder: Path, seed: int):
+    """Subject folders (reference PNGs), subjects.csv and prompt_sets.json, as for DreamBooth."""
+    from PIL import Image
+
+    for subject in world.SUBJECTS:
+        sub = folder / "subjects" / subject.name
+        sub.mkdir(parents=True, exist_ok=True)
+        for i, image in enumerate(world.subject_references(subject, seed)):
+            Image.fromarray(image).save(sub / f"{i:02d}.png")
+    with atomic_path(folder / "subjects.csv") as tmp, tmp.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["subject", "class", "dti_class", "initializer", "live", "colour", "pattern", "second_colour"])
+        for s in world.SUBJECTS:
+            writer.writerow([s.name, s.cls, s.cls, s.cls, False, s.colour, s.pattern, s.second])
+    write_json({"_about": "Mini-world evaluation prompts; '{}' is the subject (learned token at generation, class "
+                          "noun at text scoring). 'attributes' says what each prompt asks of the image, for the "
+                          "attribute read-out.",
+                "mini": {"object": world.PROMPTS, "attributes": [a for _, a in world.PROMPT_ATTRIBUTES]}},
+               folder / "prompt_sets.json")
+
+
+# --------------------------------------------------------------------------- #
+def build(work: Path, out: Path, cfg: BuildConfig, threads: int | None = None):
+    if threads:
+        torch.set_num_threads(threads)
+    work.mkdir(parents=True, exist_ok=True)
+    config_path = work / "config.json"
+    if config_path.is_file():
+        # Only more steps may be asked of an existing build (its stages continue); anything else
+        # would mix two worlds.
+        old = read_json(config_path)
+        changed = sorted(k for k, v in asdict(cfg).items() if old.get(k) != v and not k.endswith("_steps"))
+        if changed:
+            raise DTIError(f"{work} holds a build with other {', '.join(changed)}; use a new --work folder")
+    write_json(asdict(cfg), config_path)
+    t0 = time.time()
+    build_data(work, cfg, cfg.train_images, cfg.seed, "train")
+    build_data(work, cfg, cfg.eval_images, cfg.seed + 1, "eval")
+    print(f"data ready ({time.time() - t0:.0f} s)", flush=True)
+    train, held = load_data(work, "train"), load_data(work, "eval")
+    tokenizer = models.make_tokenizer()
+    text_clip = train_clip(work / "text", train, tokenizer, cfg.text_width, cfg.clip_steps, cfg.clip_batch,
+                           cfg.seed + 3, cfg.checkpoint_every)
+    vae = train_vae(work / "vae", train, cfg)
+    latents_path = work / "vae" / "latents.safetensors"
+    if not latents_path.is_file():
+        save_tensors({"latents": encode_latents(vae, train["images"])}, latents_path)
+    latents = load_tensors(latents_path)["latents"]
+    scaling_factor = float(1.0 / latents.std())
+    unet = train_unet(work / "unet", latents * scaling_factor, train, tokenizer, text_clip.text_model, cfg)
+    evaluator_tokenizer = models.make_tokenizer()
+    evaluator = train_clip(work / "evaluator", held, evaluator_tokenizer, cfg.evaluator_width, cfg.evaluator_steps,
+                           cfg.clip_batch, cfg.seed + 5, cfg.checkpoint_every)
+    readout = train_readout(work / "readout", held, cfg)
+    export(out, work, cfg, tokenizer, text_clip, vae, unet, evaluator, evaluator_tokenizer, readout, scaling_factor)
+    print(f"exported {out} ({time.time() - t0:.0f} s this sitting)", flush=True)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m dti.mini.build", description=__doc__.splitlines()[0])
+    parser.add_argument("--work", required=True, help="Folder for data, checkpoints and logs (resumable).")
+    parser.add_argument("--out", required=True, help="Folder to write the shipped world to.")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice).")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="Override a BuildConfig field.")
+    args = parser.parse_args(argv)
+    cfg = BuildConfig()
+    for item in args.set:
+        key, _, value = item.partition("=")
+        if key not in asdict(cfg):
+            raise SystemExit(f"error: unknown build setting {key!r}")
+        setattr(cfg, key, type(getattr(cfg, key))(value))
+    try:
+        build(Path(args.work), Path(args.out), cfg, args.threads)
+    except DTIError as e:
+        raise SystemExit(f"error: {e}") from None
+
+
+if __name__ == "__main__":
+    main()

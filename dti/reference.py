@@ -1,0 +1,95 @@
+"""A committed reference of a configuration's tables, and the check that a fresh run matches it.
+
+    python -m dti.reference save  --results results/mini --reference results/reference/mini
+    python -m dti.reference check --results results/mini --reference results/reference/mini
+
+``save`` copies the tables (CSV, Markdown, LaTeX) and figures (PNG, captions) of a finished
+run. ``check`` compares every numeric column of the reference's CSV tables with the fresh
+run's, cell by cell, and fails naming the first cell off by more than the tolerance (absolute,
+default 0.02: runs on another CPU or library build differ in the last bits, and sampling
+amplifies that a little; a change of method or protocol moves scores far more).
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .io import DTIError
+
+TABLES = ("main.csv", "ablation.csv", "final_norms.csv", "vocab_norms.csv", "positional_probe.csv")
+TOLERANCE = 0.02
+
+
+def save(results: Path, reference: Path):
+    (reference / "tables").mkdir(parents=True, exist_ok=True)
+    (reference / "figures").mkdir(parents=True, exist_ok=True)
+    for path in sorted((results / "tables").glob("*")):
+        if path.is_file() and path.suffix in (".csv", ".md", ".tex"):
+            shutil.copy(path, reference / "tables" / path.name)
+    for path in sorted((results / "figures").rglob("*")):
+        if path.is_file() and path.suffix in (".png", ".txt"):
+            target = reference / "figures" / path.relative_to(results / "figures")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(path, target)
+
+
+def compare(results: Path, reference: Path, tolerance: float = TOLERANCE) -> list[str]:
+    """Differences beyond ``tolerance``, one line each (empty: the run matches)."""
+    problems = []
+    for name in TABLES:
+        ref_path, new_path = reference / "tables" / name, results / "tables" / name
+        if not ref_path.is_file():
+            continue
+        if not new_path.is_file():
+            problems.append(f"{new_path} is missing")
+            continue
+        ref, new = pd.read_csv(ref_path), pd.read_csv(new_path)
+        if ref.shape != new.shape or list(ref.columns) != list(new.columns):
+            problems.append(f"{name}: shape or columns differ ({ref.shape} vs {new.shape})")
+            continue
+        for column in ref.columns:
+            a, b = ref[column], new[column]
+            if pd.api.types.is_numeric_dtype(a) and pd.api.types.is_numeric_dtype(b):
+                diff = np.abs(a.to_numpy(float) - b.to_numpy(float))
+                bad = np.flatnonzero((diff > tolerance) | (np.isnan(a.to_numpy(float)) != np.isnan(b.to_numpy(float))))
+                if len(bad):
+                    i = int(bad[0])
+                    problems.append(f"{name}: {column} row {i}: reference {a.iloc[i]:.4f}, run {b.iloc[i]:.4f} "
+                                    f"(tolerance {tolerance})")
+            elif not a.astype(str).equals(b.astype(str)):
+                problems.append(f"{name}: column {column} differs")
+    return problems
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m dti.reference", description=__doc__.splitlines()[0])
+    parser.add_argument("action", choices=["save", "check"])
+    parser.add_argument("--results", required=True, help="a finished run's results folder, e.g. results/mini")
+    parser.add_argument("--reference", required=True, help="the committed reference, e.g. results/reference/mini")
+    parser.add_argument("--tolerance", type=float, default=TOLERANCE)
+    args = parser.parse_args(argv)
+    results, reference = Path(args.results), Path(args.reference)
+    try:
+        if args.action == "save":
+            save(results, reference)
+            return 0
+        if not (reference / "tables").is_dir():
+            raise DTIError(f"no reference tables in {reference}")
+        problems = compare(results, reference, args.tolerance)
+    except DTIError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    for line in problems:
+        print(line)
+    print("matches the reference" if not problems else f"{len(problems)} difference(s) beyond {args.tolerance}")
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

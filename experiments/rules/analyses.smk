@@ -1,0 +1,120 @@
+# Analyses of the learned tokens and the base model (analysis/): figures (PNG, PDF, caption)
+# under figures/, tidy tables under tables/.
+
+ANALYSES = config.get("analyses", {})
+MAIN_RUNS = expand(f"{OUT}/runs/{{method}}/{{subject}}/seed{{seed}}/learned_embeds.safetensors",
+                   method=ALL_METHODS, subject=SUBJECTS, seed=SEEDS)
+MAIN_RUN_DIRS = " ".join(os.path.dirname(f) for f in MAIN_RUNS)
+# Analyses that place each method's token among words use one subject, so figures stay legible.
+FIRST_RUN_DIRS = " ".join(run_dir(m, SUBJECTS[0], SEEDS[0]) for m in ALL_METHODS)
+FIGURES, TABLES = f"{OUT}/figures", f"{OUT}/tables"
+
+
+def figure(name: str):
+    return report(f"{FIGURES}/{name}.png", caption=f"../report/{name}.rst", category="Figures")
+
+
+rule training_curves:
+    input: MAIN_RUNS
+    output: figure("norm_growth"), figure("cosine_drift"), f"{TABLES}/training_curves.csv", f"{TABLES}/final_norms.csv"
+    shell: "{PY} -m analysis.training_curves --runs {MAIN_RUN_DIRS} --figures {FIGURES} --tables {TABLES}"
+
+
+rule vocab_norms:
+    input: MODEL_INPUT, MAIN_RUNS
+    output: figure("vocab_norms"), f"{TABLES}/vocab_norms.csv", f"{TABLES}/learned_norms.csv"
+    params: env=torch_env("analysis")
+    threads: threads("analysis")
+    resources: **job_resources("analysis")
+    shell: "{params.env} {PY} -m analysis.vocab_norms --model {config[model]} --runs {MAIN_RUN_DIRS} --figures {FIGURES} --tables {TABLES}"
+
+
+rule nearest_words:
+    input: MODEL_INPUT, MAIN_RUNS
+    output: f"{TABLES}/nearest_words.csv"
+    params: env=torch_env("analysis")
+    threads: threads("analysis")
+    resources: **job_resources("analysis")
+    shell: "{params.env} {PY} -m analysis.nearest_words --model {config[model]} --runs {FIRST_RUN_DIRS} --tables {TABLES}"
+
+
+rule positional_probe:
+    input: MODEL_INPUT, MAIN_RUNS
+    output: figure("positional_probe"), f"{TABLES}/positional_probe.csv"
+    params:
+        env=torch_env("analysis"),
+        rows=("--train-rows {} --test-rows {}".format(*ANALYSES["probe_rows"]) if "probe_rows" in ANALYSES else ""),
+    threads: threads("analysis")
+    resources: **job_resources("analysis")
+    shell:
+        "{params.env} {PY} -m analysis.positional_probe --model {config[model]} --runs {FIRST_RUN_DIRS} {params.rows}"
+        " --seed {SEEDS[0]} --figures {FIGURES} --tables {TABLES}"
+
+
+rule residual_stagnation:
+    input: MODEL_INPUT, MAIN_RUNS
+    output: figure("residual_stagnation"), f"{TABLES}/residual_stagnation.csv"
+    params: env=torch_env("analysis"), initializer=ANALYSES.get("initializer", TABLE[SUBJECTS[0]]["initializer"])
+    threads: threads("analysis")
+    resources: **job_resources("analysis")
+    shell:
+        "{params.env} {PY} -m analysis.residual_stagnation --model {config[model]} --runs {FIRST_RUN_DIRS}"
+        " --initializer '{params.initializer}' --figures {FIGURES} --tables {TABLES}"
+
+
+rule contextual_map:
+    input: MODEL_INPUT, MAIN_RUNS
+    output: figure("contextual_map"), f"{TABLES}/contextual_map.csv"
+    params:
+        env=torch_env("analysis"),
+        words=(" --related " + " ".join(ANALYSES["related_words"]) if "related_words" in ANALYSES else "")
+              + (" --unrelated " + " ".join(ANALYSES["unrelated_words"]) if "unrelated_words" in ANALYSES else ""),
+    threads: threads("analysis")
+    resources: **job_resources("analysis")
+    shell:
+        "{params.env} {PY} -m analysis.contextual_map --model {config[model]} --runs {FIRST_RUN_DIRS}{params.words}"
+        " --figures {FIGURES} --tables {TABLES}"
+
+
+PAIR = ANALYSES.get("interpolation", SUBJECTS[:2])
+
+
+rule interpolation:
+    input: a=run_dir("{method}", PAIR[0], SEEDS[0]) + "/learned_embeds.safetensors",
+           b=run_dir("{method}", PAIR[1], SEEDS[0]) + "/learned_embeds.safetensors"
+    output:
+        report(f"{FIGURES}/interpolation_{{method}}/interpolation_grid.png", caption="../report/interpolation.rst", category="Figures"),
+        f"{FIGURES}/interpolation_{{method}}/interpolation_scores.png",
+        f"{TABLES}/interpolation_{{method}}/interpolation.csv",
+    wildcard_constraints: method="dti|ti"
+    params:
+        env=torch_env("sample"),
+        gpu=gpu_wrap("sample"),
+        settings=settings(config["sample"].get("settings")),
+        a=lambda w, input: os.path.dirname(input.a), b=lambda w, input: os.path.dirname(input.b),
+        refs=f"--references-a {DATA['images']}/{PAIR[0]} --references-b {DATA['images']}/{PAIR[1]}",
+        classes=f"--class-a '{TABLE[PAIR[0]]['class']}' --class-b '{TABLE[PAIR[1]]['class']}'",
+    threads: threads("sample")
+    resources: **job_resources("sample")
+    log: f"{OUT}/logs/interpolation_{{method}}.log"
+    shell:
+        "{params.env} {params.gpu} {PY} -m analysis.interpolation --run-a {params.a} --run-b {params.b}"
+        " --prompts {DATA[prompt_set]} --prompts-file {DATA[prompts_file]} --seeds {SAMPLE_SEEDS}"
+        " {params.refs} {params.classes}"
+        " --image-metric {IMAGE_METRIC} --text-metric {TEXT_METRIC} {MODEL_IDS} {params.settings}"
+        " --figures {FIGURES}/interpolation_{wildcards.method} --tables {TABLES}/interpolation_{wildcards.method}"
+        " --work {OUT}/interpolation/{wildcards.method} > {log} 2>&1"
+
+
+rule ablation_view:
+    input: main=rules.aggregate_main.output[0], ablation=f"{TABLES}/ablation_summary.csv"
+    output: figure("ablation_view"), f"{TABLES}/ablation_view.csv"
+    shell:
+        "{PY} -m analysis.ablation_view --main {input.main} --ablation {input.ablation} --image-metric {IMAGE_METRIC}"
+        " --text-metric {TEXT_METRIC} --figures {FIGURES} --tables {TABLES}"
+
+
+ANALYSIS_OUTPUTS = [rules.training_curves.output, rules.vocab_norms.output, rules.nearest_words.output,
+                    rules.positional_probe.output, rules.residual_stagnation.output, rules.contextual_map.output,
+                    expand(rules.interpolation.output, method=[m for m in ("dti", "ti") if m in METHODS]),
+                    rules.ablation_view.output if ABLATION["cells"] else []]

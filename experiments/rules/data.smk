@@ -1,0 +1,19 @@
+# Benchmark images. The mini world's are committed; DreamBooth's are fetched (and checked) once.
+
+
+rule dreambooth_data:
+    output: directory("data/dreambooth")
+    log: "data/logs/dreambooth.log"
+    shell: "{PY} -m dti data dreambooth --out {output} > {log} 2>&1"
+
+
+rule mini_world:
+    # Rebuild the mini world from its seed (resumable: the work folder keeps every stage's
+    # checkpoints) and measure its quality gates. Compare with, or copy over, experiments/mini/world.
+    output: directory("results/mini_build/world"), "results/mini_build/gates/gates.json"
+    threads: workflow.cores
+    params: threads=min(workflow.cores, os.cpu_count() or 1)
+    log: "results/mini_build/build.log"
+    shell:
+        "({PY} -m dti.mini.build --work results/mini_build/work --out {output[0]} --threads {params.threads}"
+        " && {PY} -m dti.mini.gates --world {output[0]} --out results/mini_build/gates --threads {params.threads}) > {log} 2>&1"

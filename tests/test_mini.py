@@ -1,0 +1,177 @@
+"""The mini world: its generator, its shipped models, its gates and a personalization run on it."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from dti.mini import build, gates, models, world
+
+WORLD = Path(__file__).resolve().parents[1] / "experiments" / "mini" / "world"
+
+
+def test_generator_is_deterministic_and_seeded():
+    a, b, c = world.dataset(3, 40), world.dataset(3, 40), world.dataset(4, 40)
+    assert np.array_equal(a["images"], b["images"]) and a["captions"] == b["captions"]
+    assert a["negatives"] == b["negatives"]
+    assert not np.array_equal(a["images"], c["images"])
+    assert a["images"].shape == (40, world.SIZE, world.SIZE, 3) and a["images"].dtype == np.uint8
+
+
+def test_pretraining_never_shows_held_out_combinations():
+    data = world.dataset(0, 400)
+    held = world.held_out_triples()
+    heads = world.HEADS
+    seen = set()
+    for i in range(400):
+        labels = {h: data["labels"][h][i] for h in heads}
+        if labels["count"] == heads["count"].index(1):
+            seen.add((heads["class"][labels["class"]], heads["colour"][labels["colour"]],
+                      heads["background"][labels["background"]]))
+    assert seen and not (seen & held)
+    # subjects' pattern colours are never pretraining's
+    assert all(s.second not in world.PRETRAIN_SECOND for s in world.SUBJECTS)
+
+
+def test_render_draws_what_the_scene_says():
+    shape = world.Shape(cls="square", colour="red", size="large", radius=9.0, centre=(9.0, 16.0))
+    image = world.render(world.Scene(background="blue", shapes=[shape], position="left")).astype(int)
+    assert np.abs(image[16, 9] - world.COLOURS["red"]).max() <= 1      # the object, at the left
+    assert np.abs(image[16, 28] - world.BACKGROUNDS["blue"]).max() <= 1  # background at the right
+
+
+def test_every_caption_word_is_in_the_vocabulary_and_the_tokenizer():
+    tokenizer = models.make_tokenizer()
+    data = world.dataset(5, 300)
+    vocab = set(world.vocabulary())
+    for text in data["captions"] + data["negatives"] + world.PROMPTS:
+        assert set(world.split_words(text.replace("{}", "circle"))) <= vocab, text
+    ids = tokenizer(data["captions"][:50]).input_ids
+    assert all(tokenizer.unk_token_id not in row for row in ids)
+    assert tokenizer.add_tokens(["<mine>"]) == 1 and len(tokenizer("a <mine> star").input_ids) == 5
+
+
+def test_hard_negatives_change_one_said_attribute():
+    data = world.dataset(1, 200)
+    differ = [c != n for c, n in zip(data["captions"], data["negatives"])]
+    assert np.mean(differ) > 0.8
+
+
+def test_stage_resumes_bit_identically(tmp_path):
+    """A stage killed after its checkpoint at step 5 and resumed ends where an uninterrupted one ends."""
+    def make(folder):
+        torch.manual_seed(0)
+        model = torch.nn.Linear(4, 2)
+        return model, build.Stage(folder, {"m": model}, build._adamw([model], 1e-2, 0.0), 10, 1e-2, warmup=2)
+
+    def step_fn_for(model, stage, kill_at=None):
+        def step_fn(step, gen):
+            if step == kill_at:
+                raise KeyboardInterrupt
+            x = torch.randn(8, 4, generator=gen)
+            loss = model(x).pow(2).mean()
+            loss.backward()
+            stage.opt.step()
+            stage.opt.zero_grad()
+            return {"loss": loss.item()}
+        return step_fn
+
+    full, stage = make(tmp_path / "full")
+    stage.run(step_fn_for(full, stage), every=5, seed=1)
+    part, stage = make(tmp_path / "part")
+    with pytest.raises(KeyboardInterrupt):
+        stage.run(step_fn_for(part, stage, kill_at=7), every=5, seed=1)
+    assert not stage.done
+    resumed, stage = make(tmp_path / "part")
+    assert stage.start == 5
+    stage.run(step_fn_for(resumed, stage), every=5, seed=1)
+    assert stage.done
+    for a, b in zip(full.parameters(), resumed.parameters()):
+        assert torch.equal(a, b)
+
+
+shipped = pytest.mark.skipif(not (WORLD / "pipeline" / "model_index.json").is_file(), reason="no shipped mini world")
+
+
+@shipped
+def test_shipped_world_is_small_and_complete():
+    size = sum(p.stat().st_size for p in WORLD.rglob("*.safetensors"))
+    assert size <= 40 * 2**20
+    assert not list(WORLD.rglob("*.bin")) and not list(WORLD.rglob("*.pt"))
+    subjects = [p.name for p in (WORLD / "subjects").iterdir()]
+    assert len(subjects) >= 8
+    assert all(4 <= len(list((WORLD / "subjects" / s).glob("*.png"))) <= 6 for s in subjects)
+    prompts = json.loads((WORLD / "prompt_sets.json").read_text())["mini"]
+    assert len(prompts["object"]) >= 12 and len(prompts["attributes"]) == len(prompts["object"])
+
+
+@shipped
+def test_shipped_pipeline_loads_offline_and_follows_a_prompt():
+    from diffusers import DiffusionPipeline
+
+    pipe = DiffusionPipeline.from_pretrained(WORLD / "pipeline", safety_checker=None)
+    pipe.set_progress_bar_config(disable=True)
+    gens = [torch.Generator().manual_seed(i) for i in range(2)]
+    images = pipe(["a photo of a large red circle on a blue background"] * 2, generator=gens,
+                  num_inference_steps=10, guidance_scale=4.0, output_type="np").images
+    assert images.shape == (2, world.SIZE, world.SIZE, 3)
+    corners = np.concatenate([images[:, :3, :3].reshape(-1, 3), images[:, -3:, -3:].reshape(-1, 3)])
+    assert corners[:, 2].mean() > corners[:, 0].mean()  # a blue background, not a red one
+
+
+@shipped
+def test_readout_reads_renders():
+    readout = models.Readout.load(WORLD / "readout")
+    accuracy = gates.readout_accuracy(readout, 64, seed=7)
+    assert min(accuracy[h] for h in ("class", "background", "position")) >= 0.9
+
+
+@shipped
+def test_gates_run_on_a_small_sample(tmp_path):
+    report = gates.run_gates(WORLD, tmp_path, quick=True)
+    assert set(report["checks"]) >= set(gates.THRESHOLDS)
+    assert report["evaluator"]["top1_of_100"] > 0.3  # far above chance (0.01) even on 100 images
+    saved = json.loads((tmp_path / "gates.json").read_text())
+    assert saved["base_model"] == report["base_model"]
+
+
+@shipped
+def test_dti_personalization_on_a_mini_subject_keeps_its_norm(tmp_path):
+    from dti.embeddings import read_run
+    from dti.train import TrainConfig, train
+
+    cfg = TrainConfig(method="dti", model=str(WORLD / "pipeline"), images=str(WORLD / "subjects" / "sun_star"),
+                      placeholder="<sun_star>", initializer="star", steps=20, resolution=world.SIZE, device="cpu",
+                      checkpoint_every=0)
+    run = train(cfg, tmp_path / "run")
+    record, vectors = read_run(run)
+    m_star = record["m_star_values"][0]
+    assert m_star == pytest.approx(record["vocab_norms"]["text_encoder"]["mean"])
+    assert vectors[0].norm(dim=-1).tolist() == pytest.approx([m_star], rel=1e-5)
+
+
+@shipped
+def test_attribute_metrics_read_what_the_prompt_asks():
+    from PIL import Image
+
+    from dti.metrics import Backbones, mini_expectations, score_images
+
+    expect = mini_expectations(WORLD / "prompt_sets.json", WORLD / "subjects.csv")
+    subject = world.SUBJECTS[0]
+    index = world.PROMPTS.index("a {} on a blue background")
+    wanted = expect(subject.name, "mini", index)
+    assert wanted == {"prompt": {"background": "blue"},
+                      "subject": {"class": subject.cls, "colour": subject.colour, "pattern": subject.pattern}}
+
+    def photo(background):
+        shape = world.Shape(cls=subject.cls, colour=subject.colour, pattern=subject.pattern, second=subject.second,
+                            radius=9.0)
+        return Image.fromarray(world.render(world.Scene(background=background, shapes=[shape])))
+
+    backbones = Backbones(["attr_prompt", "attr_subject"], {"readout": str(WORLD / "readout")})
+    scores = score_images(backbones, ["attr_prompt", "attr_subject"], [photo("blue"), photo("green")], ["x"] * 2, [],
+                          [wanted] * 2)
+    assert scores["attr_prompt"] == [1.0, 0.0]
+    assert min(scores["attr_subject"]) >= 2 / 3
