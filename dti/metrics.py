@@ -333,12 +333,12 @@ def attribute_share(predicted: dict[str, list], index: int, wanted: dict) -> flo
 def mini_expectations(prompt_sets, subjects) -> callable:
     """``f(subject, prompt_set, prompt_index) -> {"prompt": ..., "subject": ...}`` from a mini world's
     prompt sets (with their ``attributes``) and subjects table (class, colour, pattern)."""
-    import csv
     import json
 
+    from .data import read_subjects
+
     sets = json.loads(Path(prompt_sets).read_text())
-    with Path(subjects).open(newline="") as f:
-        table = {r["subject"]: r for r in csv.DictReader(f)}
+    table = {r["subject"]: r for r in read_subjects(subjects)}
 
     def expect(subject: str, prompt_set: str, index: int) -> dict:
         if subject not in table:

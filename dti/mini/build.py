@@ -15,19 +15,16 @@ import math
 import multiprocessing
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..config import _f, apply_assignments
 from ..io import DTIError, atomic_path, load_tensors, package_versions, read_json, save_tensors, write_json
 from . import models, world
-
-
-def _f(default, help: str):
-    return field(default=default, metadata={"help": help})
 
 
 @dataclass
@@ -446,13 +443,8 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice).")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="Override a BuildConfig field.")
     args = parser.parse_args(argv)
-    cfg = BuildConfig()
-    for item in args.set:
-        key, _, value = item.partition("=")
-        if key not in asdict(cfg):
-            raise SystemExit(f"error: unknown build setting {key!r}")
-        setattr(cfg, key, type(getattr(cfg, key))(value))
     try:
+        cfg = apply_assignments(BuildConfig(), args.set)
         build(Path(args.work), Path(args.out), cfg, args.threads)
     except DTIError as e:
         raise SystemExit(f"error: {e}") from None

@@ -33,10 +33,6 @@ EVAL_SEEDS = [0, 1, 2, 3]
 BASE_ATTRIBUTES = ("class", "colour", "background", "position", "size")
 
 
-def _pick(rng, options):
-    return options[int(rng.integers(len(options)))]
-
-
 def held_out_scenes(n: int, seed: int) -> list[world.Scene]:
     """Single-shape scenes whose (class, colour, background) was never rendered in pretraining."""
     rng = np.random.default_rng(seed)
@@ -44,7 +40,7 @@ def held_out_scenes(n: int, seed: int) -> list[world.Scene]:
     scenes = []
     for i in range(n):
         cls, colour, background = triples[i % len(triples)]
-        position = _pick(rng, world.POSITIONS)
+        position = world._pick(rng, world.POSITIONS)
         shape = world.random_shape(rng, cls=cls, colour=colour, position=position)
         scene = world.Scene(background=background, shapes=[shape], position=position)
         scene.labels = world._labels(scene)
@@ -69,8 +65,8 @@ def evaluator_retrieval(evaluator, n: int, seed: int, candidates: int = 100) -> 
     rng = np.random.default_rng(seed)
     scenes, captions = [], []
     while len(scenes) < n:  # ordinary scenes (any triple), one per distinct full caption
-        position = _pick(rng, world.POSITIONS)
-        background = _pick(rng, tuple(world.BACKGROUNDS))
+        position = world._pick(rng, world.POSITIONS)
+        background = world._pick(rng, tuple(world.BACKGROUNDS))
         shape = world.random_shape(rng, position=position)
         if shape.colour == background:
             continue
