@@ -5,7 +5,7 @@
 #   snakemake --report report.html                            every table and figure on one page
 from snakemake.utils import validate
 
-if not config:  # no --configfile given: the mini world
+if not workflow.config_settings.configfiles:  # no --configfile: the mini world (--config still overrides)
     configfile: "experiments/mini.yaml"
 validate(config, "experiments/schema/config.schema.yaml")
 
@@ -15,6 +15,7 @@ include: "experiments/rules/train.smk"
 include: "experiments/rules/evaluate.smk"
 include: "experiments/rules/ablation.smk"
 include: "experiments/rules/analyses.smk"
+include: "experiments/rules/reference.smk"
 
 
 rule all:
@@ -22,3 +23,4 @@ rule all:
         rules.main_table.output,
         rules.ablation_table.output if ABLATION["cells"] else [],
         ANALYSIS_OUTPUTS,
+        REFERENCE_OUTPUTS,

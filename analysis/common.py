@@ -59,8 +59,13 @@ def learned_vectors(run_dirs) -> list[dict]:
     out = []
     for run in sorted(Path(r) for r in run_dirs):
         record, rows = read_run(run)
-        out.append({"run": run.name, "method": run_method(record), "vectors": dict(zip(record["encoders"], rows))})
+        out.append({"run": run_label(run), "method": run_method(record), "vectors": dict(zip(record["encoders"], rows))})
     return out
+
+
+def run_label(run: Path) -> str:
+    """A run's name in tables: its folder and the one above (``<subject>/seed0`` in the workflow's layout)."""
+    return f"{run.parent.name}/{run.name}"
 
 
 def read_record(run: Path) -> dict:

@@ -14,7 +14,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from analysis.common import METHOD_COLOURS, run_method, save_figure, write_csv
+from analysis.common import METHOD_COLOURS, run_label, run_method, save_figure, write_csv
 
 
 def load_logs(run_dirs: list[Path]) -> tuple[pd.DataFrame, dict]:
@@ -29,7 +29,7 @@ def load_logs(run_dirs: list[Path]) -> tuple[pd.DataFrame, dict]:
             continue
         df = pd.read_csv(log)
         df["encoder"] = df["encoder"].map(dict(enumerate(record["encoders"])))
-        df.insert(0, "run", run.name)
+        df.insert(0, "run", run_label(run))
         df.insert(0, "method", run_method(record))
         frames.append(df)
     if not frames:
@@ -44,7 +44,7 @@ def final_norms(run_dirs: list[Path]) -> pd.DataFrame:
         for enc, norms in record["final_norms"].items():
             mean = record["vocab_norms"][enc]["mean"]
             for j, n in enumerate(norms):
-                rows.append({"method": run_method(record), "run": run.name, "encoder": enc, "vector": j,
+                rows.append({"method": run_method(record), "run": run_label(run), "encoder": enc, "vector": j,
                              "norm": n, "vocab_mean": mean, "ratio_to_vocab_mean": n / mean})
     return pd.DataFrame(rows)
 

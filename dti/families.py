@@ -11,7 +11,6 @@ import inspect
 
 import torch
 import torch.nn.functional as F
-from diffusers import DDPMScheduler, DiffusionPipeline
 
 from .io import DTIError
 from .methods import EncoderSlot
@@ -26,6 +25,8 @@ def register(cls):
 
 def detect_family(model: str) -> str:
     """Read the pipeline class from ``model_index.json`` (local directory or hub id)."""
+    from diffusers import DiffusionPipeline  # here, not at the top: light commands skip loading diffusers
+
     try:
         index = DiffusionPipeline.load_config(model)
     except Exception as exc:  # noqa: BLE001 - the loaders raise many types; report one line
@@ -109,6 +110,8 @@ class Family:
 
     @classmethod
     def load(cls, model: str, device: torch.device, dtype: torch.dtype, cfg=None) -> "Family":
+        from diffusers import DiffusionPipeline
+
         kwargs = {"safety_checker": None} if cls.name == "sd" else {}
         try:
             pipe = DiffusionPipeline.from_pretrained(model, dtype=dtype, **kwargs)
@@ -214,6 +217,8 @@ class StableDiffusion(Family):
     pipeline_classes = ("StableDiffusionPipeline",)
 
     def __init__(self, *args, **kwargs):
+        from diffusers import DDPMScheduler
+
         super().__init__(*args, **kwargs)
         self.noise_scheduler = DDPMScheduler.from_config(self.pipe.scheduler.config)
 

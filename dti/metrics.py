@@ -443,7 +443,9 @@ def score_manifest(manifest, references, metric_names, model_ids=None, device="c
     image); with ``masks``, ``masks/<subject>/<stem>.png`` blacks out each reference's
     background (mask 0). A row whose image file is missing gets NaN for every metric.
     Inputs are all checked before any model is loaded. The model ids used are in
-    ``frame.attrs["model_ids"]``. Attribute metrics need ``expectations`` (``mini_expectations``).
+    ``frame.attrs["model_ids"]``. Attribute metrics need ``expectations`` (``mini_expectations``);
+    they have no row for an image that asks none of their attributes (e.g. identity in a
+    two-object prompt), so that "not asked" never reads as a missing image.
     """
     import pandas as pd
 
@@ -486,6 +488,7 @@ def score_manifest(manifest, references, metric_names, model_ids=None, device="c
 
     backbones = Backbones(names, model_ids=model_ids, device=device, batch_size=batch_size)
     values = {n: [math.nan] * len(df) for n in names}
+    not_asked = {n: set() for n in names}  # attribute metrics with nothing to check in an image: no row
     subject_col = [str(s) for s in df["subject"]]
     texts_col = [str(t) for t in df["scoring_text"]]
     for subject in subjects:
@@ -500,6 +503,9 @@ def score_manifest(manifest, references, metric_names, model_ids=None, device="c
                                      int(df["prompt_index"].iloc[i])) for i in rows]
         scores = score_images(backbones, names, images, [texts_col[i] for i in rows], refs, expected)
         for name in names:
+            if METRICS[name].kind == "attributes":
+                not_asked[name].update(i for i, e in zip(rows, expected) if not e[METRICS[name].view])
+        for name in names:
             for i, v in zip(rows, scores[name]):
                 values[name][i] = v
 
@@ -512,7 +518,7 @@ def score_manifest(manifest, references, metric_names, model_ids=None, device="c
         part["value"] = pd.Series(values[name], dtype="float64")
         part["references"] = label
         part["_order"] = range(len(part))
-        frames.append(part)
+        frames.append(part.drop(index=sorted(not_asked[name])))
     # Manifest order, then metric order within each image.
     out = pd.concat(frames, ignore_index=True)
     out["_metric"] = out["metric"].map({n: k for k, n in enumerate(names)})

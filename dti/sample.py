@@ -14,13 +14,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from diffusers import DiffusionPipeline
 from PIL import Image
 
 from .config import apply_assignments
 from .embeddings import load_embeddings, read_run
 from .io import DTIError, atomic_path, package_versions, write_json
-from .train import frozen_dtype, resolve_device
 
 MANIFEST_FIELDS = ["run", "method", "family", "base_model", "subject", "class_noun", "prompt_set", "prompt_index",
                    "prompt", "scoring_text", "seed", "file", "height", "width", "steps", "guidance_scale",
@@ -41,6 +39,7 @@ class SampleConfig:
     resolution_binning: bool = _f(True, "SANA: the pipeline's aspect-ratio binning of the requested size.")
     device: str = _f("auto", "Torch device: auto, cpu, cuda, cuda:1, ...")
     mixed_precision: str = _f("bf16", "Dtype of the pipeline on a GPU: bf16, fp16 or no (CPU: float32).")
+    batch_size: int = _f(4, "Images per pipeline call, across prompts and seeds (each image keeps its own seeded noise).")
 
     def set(self, assignments: list[str]) -> "SampleConfig":
         return apply_assignments(self, assignments)
@@ -68,6 +67,10 @@ def intact(path: Path, size: tuple[int, int]) -> bool:
 
 
 def load_pipeline(model: str, family: str, cfg: SampleConfig):
+    from diffusers import DiffusionPipeline
+
+    from .train import frozen_dtype, resolve_device
+
     device = resolve_device(cfg.device)
     kwargs = {"safety_checker": None} if family == "sd" else {}  # scores must see every image
     try:
@@ -88,6 +91,8 @@ def sample(run_dir: str | Path, out_dir: str | Path, subject: str, class_noun: s
         raise DTIError("the prompt set is empty")
     if not seeds:
         raise DTIError("no seeds given")
+    if cfg.batch_size < 1:
+        raise DTIError(f"batch_size must be at least 1, got {cfg.batch_size}")
     pipe = pipe or load_pipeline(model, family, cfg)
     concept = load_embeddings(pipe, run_dir)
     settings = {**SAMPLE_DEFAULTS[family], **{k: v for k, v in dataclasses.asdict(cfg).items() if v is not None}}
@@ -101,30 +106,32 @@ def sample(run_dir: str | Path, out_dir: str | Path, subject: str, class_noun: s
         if not settings["complex_human_instruction"]:
             call["complex_human_instruction"] = None
     out_dir = Path(out_dir)
-    rows = []
     method = record.get("method", record["config"]["method"])
+    rows, todo = [], []
     for index, template in enumerate(templates):
         prompt = concept.prompt(template)
         folder = out_dir / subject / f"{index:02d}_{slug(template)}"
-        files = {s: folder / f"seed{s}.png" for s in seeds}
-        todo = [s for s in seeds if not intact(files[s], size)]  # resume: keep intact images, redo the rest
-        if todo:
-            generators = [torch.Generator().manual_seed(s) for s in todo]
-            images = pipe(prompt=[prompt] * len(todo), generator=generators, **call).images
-            folder.mkdir(parents=True, exist_ok=True)
-            for s, image in zip(todo, images):
-                with atomic_path(files[s]) as tmp:
-                    image.save(tmp, format="PNG")
         for s in seeds:
+            file = folder / f"seed{s}.png"
+            if not intact(file, size):  # resume: keep intact images, redo the rest
+                todo.append((prompt, s, file))
             rows.append({
                 "run": str(run_dir), "method": method, "family": family, "base_model": model,
                 "subject": subject, "class_noun": class_noun, "prompt_set": prompt_set, "prompt_index": index,
                 "prompt": prompt, "scoring_text": template.format(class_noun) + ".", "seed": s,
-                "file": str(files[s].relative_to(out_dir)), "height": settings["height"],
+                "file": str(file.relative_to(out_dir)), "height": settings["height"],
                 "width": settings["width"], "steps": settings["steps"], "guidance_scale": settings["guidance_scale"],
                 "scheduler": type(pipe.scheduler).__name__,
                 "complex_human_instruction": settings["complex_human_instruction"] if family == "sana" else "",
             })
+    for start in range(0, len(todo), cfg.batch_size):
+        batch = todo[start:start + cfg.batch_size]
+        generators = [torch.Generator().manual_seed(s) for _, s, _ in batch]
+        images = pipe(prompt=[p for p, _, _ in batch], generator=generators, **call).images
+        for (_, _, file), image in zip(batch, images):
+            file.parent.mkdir(parents=True, exist_ok=True)
+            with atomic_path(file) as tmp:
+                image.save(tmp, format="PNG")
     manifest = out_dir / "manifest.csv"
     with atomic_path(manifest) as tmp:
         with tmp.open("w", newline="") as f:

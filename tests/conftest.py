@@ -1,4 +1,6 @@
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -9,6 +11,26 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 from dti import tiny  # noqa: E402
 
 BUILDERS = {"sd": tiny.build_sd, "sdxl": tiny.build_sdxl, "sana": tiny.build_sana}
+ROOT = Path(__file__).resolve().parents[1]
+MINI_WORLD = ROOT / "experiments" / "mini" / "world"
+
+
+def run_snakemake(*args, cores: int | None = 2) -> subprocess.CompletedProcess:
+    """Real Snakemake in the repository root (offline), output captured."""
+    cmd = [sys.executable, "-m", "snakemake", *(["--cores", str(cores)] if cores else []), *args]
+    return subprocess.run(cmd, cwd=ROOT, env={**os.environ, "HF_HUB_OFFLINE": "1"}, capture_output=True, text=True)
+
+
+@pytest.fixture(scope="session")
+def smoke_local(tmp_path_factory) -> Path:
+    """The results folder of one local run of the smoke configuration (shared by the workflow and
+    cluster tests, so that it runs once)."""
+    if not (MINI_WORLD / "pipeline" / "model_index.json").is_file():
+        pytest.skip("no shipped mini world")
+    results = tmp_path_factory.mktemp("smoke_local")
+    run = run_snakemake("--configfile", "experiments/smoke.yaml", "--config", f"results_dir={results}")
+    assert run.returncode == 0, run.stderr[-3000:]
+    return results
 
 
 def dreambooth_dir() -> Path | None:

@@ -6,7 +6,7 @@ import torch
 
 from analysis import positional_probe as pp
 from analysis import residual_stagnation as rs
-from analysis.common import load_text_encoders
+from analysis.common import load_text_encoders, run_label
 from dti.embeddings import write_embedding_files
 from dti.families import vocab_norm_stats
 from dti.io import write_json
@@ -51,11 +51,13 @@ def test_probe_separates_norm_from_direction(encoders, tmp_path):
     enc = encoders["sd"]
     runs = [fake_run(tmp_path, "ti", "ti", "sd", enc, 50.0), fake_run(tmp_path, "dti", "dti", "sd", enc, 1.0)]
     df = pp.probe_model(None, runs, scales=(1,), encoders=enc, **PROBE).set_index(["run", "condition"])
-    assert df.loc[("ti", "learned"), "scale"] == pytest.approx(50.0, rel=1e-4)
-    assert df.loc[("ti", "learned"), "accuracy"] < 0.15
+    ti, dti = (run_label(r) for r in runs)  # "<parent folder>/ti", "<parent folder>/dti"
+    assert ti.endswith("/ti") and dti.endswith("/dti")
+    assert df.loc[(ti, "learned"), "scale"] == pytest.approx(50.0, rel=1e-4)
+    assert df.loc[(ti, "learned"), "accuracy"] < 0.15
     # The same direction at the mean norm carries the position again.
-    assert df.loc[("ti", "learned_rescaled"), "accuracy"] > 0.8
-    assert df.loc[("dti", "learned"), "accuracy"] > 0.8
+    assert df.loc[(ti, "learned_rescaled"), "accuracy"] > 0.8
+    assert df.loc[(dti, "learned"), "accuracy"] > 0.8
 
 
 def test_probe_reports_rotary_encoder_not_applicable(encoders):

@@ -51,6 +51,12 @@ def test_image_depends_on_run_prompt_and_seed_alone_and_reruns_resume(sd_run, tm
     x = np.asarray(Image.open(tmp_path / "both" / both["file"][3]), dtype=int)
     y = np.asarray(Image.open(tmp_path / "alone" / alone["file"][0]), dtype=int)
     assert np.abs(x - y).max() <= 2  # same seed, other batch: equal up to float rounding
+    mixed = pd.read_csv(sample(sd_run, tmp_path / "mixed", "dog", "dog", TEMPLATES, [0, 1], "p",
+                               SampleConfig().set(["steps=2", "batch_size=3"])))  # calls of 3 and 1, across prompts
+    for f in both["file"]:
+        x = np.asarray(Image.open(tmp_path / "both" / f), dtype=int)
+        assert np.abs(x - np.asarray(Image.open(tmp_path / "mixed" / f), dtype=int)).max() <= 2
+    assert list(mixed["file"]) == list(both["file"])
 
     files = [tmp_path / "both" / f for f in both["file"]]
     stamps = [os.stat(f).st_mtime_ns for f in files]
@@ -70,6 +76,9 @@ def test_sample_bad_input(sd_run, tmp_path):
         read_prompt_set("dti_fancy", live=False)
     with pytest.raises(DTIError, match="no seeds given"):
         sample(sd_run, tmp_path / "o", "dog", "dog", TEMPLATES, [], "p")
+    with pytest.raises(DTIError, match="batch_size must be at least 1, got 0"):
+        sample(sd_run, tmp_path / "o", "dog", "dog", TEMPLATES, [0], "p", SampleConfig().set(["batch_size=0"]))
+    assert not (tmp_path / "o").exists()
 
 
 def test_benchmark_tables():

@@ -11,8 +11,8 @@ rule mini_world:
     # Rebuild the mini world from its seed (resumable: the work folder keeps every stage's
     # checkpoints) and measure its quality gates. Compare with, or copy over, experiments/mini/world.
     output: directory("results/mini_build/world"), "results/mini_build/gates/gates.json"
-    threads: workflow.cores
-    params: threads=min(workflow.cores, os.cpu_count() or 1)
+    threads: CORES
+    params: threads=min(CORES, CPUS)
     log: "results/mini_build/build.log"
     shell:
         "({PY} -m dti.mini.build --work results/mini_build/work --out {output[0]} --threads {params.threads}"

@@ -24,5 +24,6 @@ rule rescale:
     input: f"{OUT}/runs/ti/{{subject}}/seed{{seed}}/learned_embeds.safetensors"
     output: f"{OUT}/runs/ti_rescaled/{{subject}}/seed{{seed}}/learned_embeds.safetensors"
     params: run=lambda w: run_dir("ti", w.subject, w.seed), out=lambda w: run_dir("ti_rescaled", w.subject, w.seed)
+    resources: mem_mb=2000, runtime=10
     log: f"{OUT}/logs/rescale/{{subject}}_seed{{seed}}.log"
     shell: "{PY} -m dti rescale --run {params.run} --stat {config[rescale_stat]} --out {params.out} > {log} 2>&1"

@@ -1,0 +1,12 @@
+# A finished run against a committed reference of its tables (python -m dti.reference): a
+# fresh run of the default configuration must match results/reference/mini within its tolerance.
+# After changing the configuration on purpose, set `reference: null` (or save a new reference).
+
+rule check_reference:
+    input: rules.main_table.output, rules.ablation_table.output if ABLATION["cells"] else [], ANALYSIS_OUTPUTS,
+           reference=config.get("reference") or []
+    output: f"{OUT}/reference_check.txt"
+    shell: "{PY} -m dti.reference check --results {OUT} --reference {input.reference} | tee {output}"
+
+
+REFERENCE_OUTPUTS = [rules.check_reference.output] if config.get("reference") else []
