@@ -16,7 +16,7 @@ import time
 import pandas as pd
 import pytest
 import torch
-from conftest import ROOT
+from conftest import ROOT, run_snakemake
 from safetensors.torch import load_file
 
 pytestmark = pytest.mark.slurm
@@ -88,9 +88,7 @@ def _assert_submitted_through_slurm(output: str, killed: str, tmp_path):
     resubmitted = [slurm_id for slurm_id, job in submitted.items() if job == submitted[killed]]
     assert len(resubmitted) == 2, resubmitted  # the same Snakemake job, under a new SLURM job id
 
-    plan = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--cores", "2", "--configfile",
-                           "experiments/smoke.yaml", "--config", f"results_dir={tmp_path}/plan"],
-                          cwd=ROOT, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    plan = run_snakemake("-n", "--configfile", "experiments/smoke.yaml", "--config", f"results_dir={tmp_path}/plan")
     planned = set(re.findall(r"^rule (\w+):", plan.stdout, re.M)) - {"all"}  # all: no action, runs locally
     grouped = {"train", "train_ablation", "rescale", "sample", "score"}  # one cluster job per run (the profile)
     assert grouped < planned and len(planned - grouped) >= 10

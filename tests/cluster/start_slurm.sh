@@ -2,11 +2,11 @@
 # A one-node SLURM cluster on this (Debian) machine, for the workflow's cluster test.
 #   tests/cluster/start_slurm.sh start    install (if needed), configure and start; wait until the node is idle
 #   tests/cluster/start_slurm.sh stop     stop the daemons
-# Needs root. State, logs and slurm.conf live in $DTI_SLURM_DIR (default /tmp/dti-slurm); the
+# Needs root. State and logs live in $DTI_SLURM_DIR (default build/slurm in this checkout); the
 # partition is called "debug". There is no accounting database: a workflow submits with
 # --slurm-status-command squeue --slurm-no-account.
 set -euo pipefail
-DIR=${DTI_SLURM_DIR:-/tmp/dti-slurm}
+DIR=${DTI_SLURM_DIR:-$(cd "$(dirname "$0")/../.." && pwd)/build/slurm}
 GPUS=2  # stand-in GPUs, see below
 CONF=/etc/slurm/slurm.conf
 
