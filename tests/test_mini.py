@@ -1,5 +1,6 @@
 """The mini world: its generator, its shipped models, its gates and a personalization run on it."""
 
+import csv
 import json
 from pathlib import Path
 
@@ -7,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from dti.io import DTIError, load_tensors
 from dti.mini import build, gates, models, world
 
 WORLD = Path(__file__).resolve().parents[1] / "experiments" / "mini" / "world"
@@ -92,6 +94,48 @@ def test_stage_resumes_bit_identically(tmp_path):
         assert torch.equal(a, b)
 
 
+def test_build_refuses_to_mix_two_worlds_in_one_work_folder(tmp_path):
+    from dataclasses import asdict, replace
+
+    work = tmp_path / "work"
+    work.mkdir()
+    cfg = build.BuildConfig()
+    (work / "config.json").write_text(json.dumps(asdict(replace(cfg, seed=1))))
+    with pytest.raises(DTIError, match="other seed"):
+        build.build(work, tmp_path / "out", cfg)
+    # more VAE steps: allowed until the UNet has started on the shorter VAE's latents
+    (work / "config.json").write_text(json.dumps(asdict(replace(cfg, vae_steps=10))))
+    (work / "unet").mkdir()
+    with pytest.raises(DTIError, match="vae_steps"):
+        build.build(work, tmp_path / "out", cfg)
+    assert json.loads((work / "config.json").read_text())["vae_steps"] == 10  # nothing rewritten
+    assert not (tmp_path / "out").exists() and not (work / "train.safetensors").exists()
+
+
+def test_clip_attribute_heads_learn_and_are_checkpointed(tmp_path):
+    """The conditioning CLIP's recipe (CNN image tower, attribute heads): the heads' loss falls, and
+    tower and heads are checkpointed with the model."""
+    scenes = world.dataset(2, 64)
+    data = {"images": torch.from_numpy(scenes["images"]), "captions": scenes["captions"],
+            "negatives": scenes["negatives"], "labels": {h: torch.from_numpy(v) for h, v in scenes["labels"].items()}}
+    tokenizer = models.make_tokenizer()
+    build.train_clip(tmp_path / "clip", data, tokenizer, 32, 100, 32, seed=0, every=50, image_tower="cnn",
+                     attribute_weight=1.0)
+    with (tmp_path / "clip" / "log.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    first, last = float(rows[0]["attribute_loss"]), float(rows[-1]["attribute_loss"])
+    assert last < 0.8 * first
+    saved = load_tensors(tmp_path / "clip" / "checkpoint.safetensors")
+    assert {f"model.heads.{h}.weight" for h in world.HEADS} <= set(saved)
+    assert any(k.startswith("model.image.features.") for k in saved)
+    # the evaluator's recipe (its own ViT, contrastive only): neither in the checkpoint
+    build.train_clip(tmp_path / "plain", data, tokenizer, 32, 2, 16, seed=0, every=20)
+    assert not any(k.startswith(("model.heads.", "model.image.")) for k in
+                   load_tensors(tmp_path / "plain" / "checkpoint.safetensors"))
+    with pytest.raises(DTIError, match="image_tower"):
+        build.train_clip(tmp_path / "bad", data, tokenizer, 32, 2, 16, seed=0, every=20, image_tower="resnet")
+
+
 shipped = pytest.mark.skipif(not (WORLD / "pipeline" / "model_index.json").is_file(), reason="no shipped mini world")
 
 
@@ -129,10 +173,31 @@ def test_readout_reads_renders():
 
 
 @shipped
+def test_text_sensitivity_is_zero_for_words_the_encoder_cannot_tell_apart():
+    from types import SimpleNamespace
+
+    from transformers import AutoTokenizer, CLIPTextModel
+
+    tokenizer = AutoTokenizer.from_pretrained(WORLD / "pipeline" / "tokenizer")
+    encoder = CLIPTextModel.from_pretrained(WORLD / "pipeline" / "text_encoder").eval()
+    before = gates.text_sensitivity(SimpleNamespace(tokenizer=tokenizer, text_encoder=encoder))
+    rows = encoder.get_input_embeddings().weight
+    with torch.no_grad():
+        for cls in world.CLASSES[1:]:  # every class word made the first one's twin
+            rows[tokenizer.convert_tokens_to_ids(cls)] = rows[tokenizer.convert_tokens_to_ids(world.CLASSES[0])]
+    after = gates.text_sensitivity(SimpleNamespace(tokenizer=tokenizer, text_encoder=encoder))
+    assert before["class"] > 1.0 and after["class"] == pytest.approx(0.0, abs=1e-4)
+    assert after["colour"] == pytest.approx(before["colour"])
+
+
+@shipped
 def test_gates_run_on_a_small_sample(tmp_path):
     report = gates.run_gates(WORLD, tmp_path, quick=True)
     assert set(report["checks"]) >= set(gates.THRESHOLDS)
     assert report["evaluator"]["top1_of_100"] > 0.3  # far above chance (0.01) even on 100 images
+    assert set(report["text_sensitivity"]) == {"class", "colour", "background", "position"}
+    assert min(report["text_sensitivity"].values()) > 0  # every attribute word moves the conditioning
+    assert report["readout_on_vae_reconstructions"]["background"] >= 0.9  # the VAE keeps what is large
     saved = json.loads((tmp_path / "gates.json").read_text())
     assert saved["base_model"] == report["base_model"]
 

@@ -32,10 +32,16 @@ class BuildConfig:
     seed: int = _f(0, "World seed: data, initialisations and batch draws all derive from it.")
     train_images: int = _f(120_000, "Pretraining scenes (conditioning CLIP, VAE, UNet).")
     eval_images: int = _f(40_000, "Scenes of a second seed (evaluator CLIP, read-out).")
-    vae_steps: int = _f(1200, "VAE steps.")
+    vae_steps: int = _f(2500, "VAE steps.")
     vae_batch: int = _f(32, "VAE batch size.")
+    vae_decode_sample: bool = _f(False, "Train the decoder on posterior samples (the first shipped build) instead of the "
+                                        "posterior mean the UNet is trained on; the samples' noise blurs the decoder.")
     clip_steps: int = _f(2000, "Steps of the conditioning CLIP.")
     clip_batch: int = _f(128, "CLIP batch (each with one hard-negative caption per image).")
+    clip_image_tower: str = _f("cnn", "Image tower of the conditioning CLIP: 'cnn' (models.ImageTower) or 'vit' "
+                                      "(CLIPModel's own, the first shipped build; it does not see shape).")
+    clip_attribute_weight: float = _f(1.0, "Weight of the conditioning CLIP's image-side attribute heads (0: "
+                                           "contrastive only, the first shipped build; its text encoder mutes class words).")
     text_width: int = _f(64, "Width of the conditioning text encoder.")
     evaluator_width: int = _f(96, "Width of the evaluator CLIP (a different model from the conditioning one).")
     evaluator_steps: int = _f(1200, "Steps of the evaluator CLIP.")
@@ -188,15 +194,29 @@ def _token_ids(tokenizer, texts: list[str]) -> torch.Tensor:
                      return_tensors="pt").input_ids
 
 
-def train_clip(folder: Path, data: dict, tokenizer, width: int, steps: int, batch: int, seed: int, every: int):
-    """CLIP-style contrastive pretraining with one hard negative caption per image."""
+def train_clip(folder: Path, data: dict, tokenizer, width: int, steps: int, batch: int, seed: int, every: int,
+               image_tower: str = "vit", attribute_weight: float = 0.0):
+    """CLIP-style contrastive pretraining with one hard negative caption per image.
+
+    ``image_tower``: "vit" (``CLIPModel``'s own) or "cnn" (``models.ImageTower`` in its place).
+    ``attribute_weight`` > 0 adds linear heads on the image tower that predict the scene's
+    attributes (the generator's ground truth). The text tower learns a word only as far as the
+    image tower sees what it names: with a blind image tower it mutes the word."""
     from transformers import CLIPModel
 
+    if image_tower not in ("vit", "cnn"):
+        raise DTIError(f"image_tower must be 'vit' or 'cnn', not {image_tower!r}")
     torch.manual_seed(seed)
     model = CLIPModel(models.clip_config(len(tokenizer), width))
-    stage = Stage(folder, {"clip": model}, _adamw([model], 1e-3, 0.1), steps, 1e-3)
+    modules = {"clip": model}
+    if image_tower == "cnn":
+        modules["image"] = models.ImageTower(32, width)
+    if attribute_weight > 0:
+        modules["heads"] = torch.nn.ModuleDict({h: torch.nn.Linear(width, len(v)) for h, v in world.HEADS.items()})
+    stage = Stage(folder, modules, _adamw(list(modules.values()), 1e-3, 0.1), steps, 1e-3)
     if stage.done:
         return model
+    labels = data["labels"]
     captions, negatives = _token_ids(tokenizer, data["captions"]), _token_ids(tokenizer, data["negatives"])
     same = (captions == negatives).all(dim=1)
     images = data["images"]
@@ -206,8 +226,9 @@ def train_clip(folder: Path, data: dict, tokenizer, width: int, steps: int, batc
 
     def step_fn(step, gen):
         idx = torch.randint(len(images), (batch,), generator=gen)
-        img = F.normalize(model.visual_projection(model.vision_model(
-            pixel_values=models.clip_pixels(images[idx])).pooler_output), dim=-1)
+        pixels = models.clip_pixels(images[idx])
+        pooled = modules["image"](pixels) if image_tower == "cnn" else model.vision_model(pixel_values=pixels).pooler_output
+        img = F.normalize(model.visual_projection(pooled), dim=-1)
         txt = embed_text(torch.cat([captions[idx], negatives[idx]]))
         scale = model.logit_scale.exp().clamp(max=100)
         logits = scale * img @ txt.T  # [B, 2B]: own caption, other captions, hard negatives
@@ -216,12 +237,17 @@ def train_clip(folder: Path, data: dict, tokenizer, width: int, steps: int, batc
         logits = logits.masked_fill(mask, -1e4)
         target = torch.arange(batch)
         loss = 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits[:, :batch].T, target))
+        logged = {"loss": loss.item(), "top1_among_2b": (logits.argmax(1) == target).float().mean().item()}
+        if attribute_weight > 0:
+            attribute_loss = sum(F.cross_entropy(head(pooled), labels[h][idx], ignore_index=-1)
+                                 for h, head in modules["heads"].items()) / len(world.HEADS)
+            loss = loss + attribute_weight * attribute_loss
+            logged["attribute_loss"] = attribute_loss.item()
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(stage.opt.param_groups[0]["params"], 1.0)
         stage.opt.step()
         stage.opt.zero_grad(set_to_none=True)
-        acc = (logits.argmax(1) == target).float().mean()
-        return {"loss": loss.item(), "top1_among_2b": acc.item()}
+        return logged
 
     model.train()
     stage.run(step_fn, every, seed)
@@ -239,7 +265,7 @@ def train_vae(folder: Path, data: dict, cfg: BuildConfig):
     def step_fn(step, gen):
         x = models.vae_pixels(images[torch.randint(len(images), (cfg.vae_batch,), generator=gen)])
         dist = vae.encode(x).latent_dist
-        recon = vae.decode(dist.sample(generator=gen)).sample
+        recon = vae.decode(dist.sample(generator=gen) if cfg.vae_decode_sample else dist.mode()).sample
         mse = F.mse_loss(recon, x)
         loss = mse + 0.1 * F.l1_loss(recon, x) + 1e-6 * dist.kl().mean()
         loss.backward()
@@ -403,6 +429,8 @@ def write_subjects(folder: Path, seed: int):
 def build(work: Path, out: Path, cfg: BuildConfig, threads: int | None = None):
     if threads:
         torch.set_num_threads(threads)
+    if cfg.clip_image_tower not in ("vit", "cnn"):
+        raise DTIError(f"clip_image_tower must be 'vit' or 'cnn', not {cfg.clip_image_tower!r}")
     work.mkdir(parents=True, exist_ok=True)
     config_path = work / "config.json"
     if config_path.is_file():
@@ -412,6 +440,14 @@ def build(work: Path, out: Path, cfg: BuildConfig, threads: int | None = None):
         changed = sorted(k for k, v in asdict(cfg).items() if old.get(k) != v and not k.endswith("_steps"))
         if changed:
             raise DTIError(f"{work} holds a build with other {', '.join(changed)}; use a new --work folder")
+        # The UNet learns from the text encoder's states and the VAE's latents: once it has
+        # started, those two stages are fixed.
+        upstream = [k for k in ("clip_steps", "vae_steps") if old.get(k) != getattr(cfg, k)]
+        if upstream and (work / "unet").exists():
+            raise DTIError(f"{work}: the UNet has been trained on this build's {' and '.join(upstream)}; "
+                           "use a new --work folder to change them")
+        if "vae_steps" in upstream:
+            (work / "vae" / "latents.safetensors").unlink(missing_ok=True)  # encoded by the shorter VAE
     write_json(asdict(cfg), config_path)
     t0 = time.time()
     build_data(work, cfg, cfg.train_images, cfg.seed, "train")
@@ -420,7 +456,7 @@ def build(work: Path, out: Path, cfg: BuildConfig, threads: int | None = None):
     train, held = load_data(work, "train"), load_data(work, "eval")
     tokenizer = models.make_tokenizer()
     text_clip = train_clip(work / "text", train, tokenizer, cfg.text_width, cfg.clip_steps, cfg.clip_batch,
-                           cfg.seed + 3, cfg.checkpoint_every)
+                           cfg.seed + 3, cfg.checkpoint_every, cfg.clip_image_tower, cfg.clip_attribute_weight)
     vae = train_vae(work / "vae", train, cfg)
     latents_path = work / "vae" / "latents.safetensors"
     if not latents_path.is_file():

@@ -2,10 +2,13 @@
 
     python -m dti.mini.gates --world experiments/mini/world --out results/mini/gates [--quick]
 
-* read-out: attribute accuracy on fresh renders (its own check: it judges the others);
+* read-out: attribute accuracy on fresh renders (its own check: it judges the others), and on
+  their VAE reconstructions (reported, not gated: the ceiling of the base model);
 * evaluator: caption retrieval, top-1 among 100 full captions, on fresh renders;
 * base model: prompted attributes of generated images, on (class, colour, background)
   triples never rendered in pretraining, read by the read-out;
+* text sensitivity (reported, not gated): how far the conditioning encoder's output moves when
+  one attribute word changes;
 * personalization: TI's image similarity to a subject's references against the plain
   class word's, and the wall time of one TI run and of sampling one subject's prompt set.
 
@@ -53,9 +56,22 @@ def scene_caption(scene: world.Scene) -> str:
     return world.full_caption(s.cls, s.colour, scene.background, scene.position, s.size)
 
 
-def readout_accuracy(readout, n: int, seed: int) -> dict[str, float]:
+@torch.no_grad()
+def reconstruct(vae, images: torch.Tensor, batch: int = 250) -> torch.Tensor:
+    """uint8 [N, H, W, 3] through the VAE (posterior mean, as the denoiser's latents) and back."""
+    out = []
+    for i in range(0, len(images), batch):
+        x = vae.decode(vae.encode(models.vae_pixels(images[i:i + batch])).latent_dist.mode()).sample
+        out.append(((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1))
+    return torch.cat(out)
+
+
+def readout_accuracy(readout, n: int, seed: int, vae=None) -> dict[str, float]:
+    """The read-out on fresh single-shape renders, or on their VAE reconstructions when ``vae`` is
+    given (what the VAE lets through bounds what the base model can show)."""
     scenes = held_out_scenes(n, seed)
-    predicted = readout.predict(torch.from_numpy(np.stack([world.render(s) for s in scenes])))
+    images = torch.from_numpy(np.stack([world.render(s) for s in scenes]))
+    predicted = readout.predict(images if vae is None else reconstruct(vae, images))
     return {h: float(np.mean([p == s.labels[h] for p, s in zip(predicted[h], scenes)]))
             for h in ("class", "colour", "pattern", "background", "position", "size")}
 
@@ -84,6 +100,25 @@ def evaluator_retrieval(evaluator, n: int, seed: int, candidates: int = 100) -> 
         pool = np.concatenate([[i], others])
         hits += int(pool[int(sims[i, pool].argmax())] == i)
     return hits / n
+
+
+@torch.no_grad()
+def text_sensitivity(pipe) -> dict[str, float]:
+    """How far the conditioning encoder's output (all token states) moves when one attribute word
+    of a gate caption changes, as a mean over pairs of its values. The denoiser sees nothing else
+    of the prompt, so an attribute the encoder mutes is one the base model cannot draw."""
+    base = {"cls": "circle", "colour": "red", "background": "blue", "position": "left", "size": "large"}
+    values = {"cls": world.CLASSES, "colour": tuple(c for c in world.COLOURS if c != "blue"),
+              "background": tuple(b for b in world.BACKGROUNDS if b != "red"), "position": world.POSITIONS}
+    out = {}
+    for key, options in values.items():
+        captions = [world.full_caption(**{**base, key: v}) for v in options]
+        ids = pipe.tokenizer(captions, padding="max_length", max_length=pipe.tokenizer.model_max_length,
+                             truncation=True, return_tensors="pt").input_ids
+        states = pipe.text_encoder(input_ids=ids).last_hidden_state.flatten(1)
+        n = len(options)
+        out["class" if key == "cls" else key] = float(torch.cdist(states, states).sum() / (n * (n - 1)))
+    return out
 
 
 def base_model(pipe, readout, n: int, seed: int, out: Path, batch: int = 16) -> dict[str, float]:
@@ -172,8 +207,10 @@ def run_gates(world_dir, out, quick: bool = False, threads: int | None = None) -
     pipe.set_progress_bar_config(disable=True)
     t0 = time.time()
     report = {"readout_on_renders": readout_accuracy(readout, n_readout, seed=101),
+              "readout_on_vae_reconstructions": readout_accuracy(readout, n_readout, seed=101, vae=pipe.vae),
               "evaluator": {"top1_of_100": evaluator_retrieval(evaluator, n_retrieval, seed=202)},
               "base_model": base_model(pipe, readout, n_base, seed=303, out=out),
+              "text_sensitivity": text_sensitivity(pipe),
               "personalization": personalization(world_dir, pipe, evaluator, subjects, steps, out)}
     checks = {key: {"value": report[key.split(".")[0]][key.split(".")[1]], "threshold": t,
                     "pass": report[key.split(".")[0]][key.split(".")[1]] >= t} for key, t in THRESHOLDS.items()}

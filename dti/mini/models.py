@@ -2,8 +2,9 @@
 
 * tokenizer: a word-level ``PreTrainedTokenizerFast`` (supports ``add_tokens``);
 * CLIP: ``CLIPModel`` (pre-LN text transformer, learned absolute positions, causal mask,
-  final LayerNorm; a small ViT image tower). The conditioning encoder is its text model;
-  the evaluator is a second one (other seed, other width);
+  final LayerNorm; a small ViT image tower). The conditioning encoder is its text model,
+  pretrained against a CNN image tower; the evaluator is a second one (other seed, other
+  width, its own ViT);
 * VAE: ``AutoencoderKL``, 32 px -> 8 x 8 x 16 latents;
 * UNet: ``UNet2DConditionModel`` with cross-attention at 8 x 8 and 4 x 4;
 * the attribute read-out: a small CNN with one head per ground-truth attribute.
@@ -94,18 +95,37 @@ def scheduler_config() -> dict:
                 clip_sample=False, timestep_spacing="trailing", steps_offset=1)
 
 
+def conv_features(width: int) -> nn.Sequential:
+    """32-px image -> [2 * width, 4, 4] feature map (convolutions see shape, which a ViT this small does not)."""
+    def block(i, o, stride):
+        return nn.Sequential(nn.Conv2d(i, o, 3, stride, 1), nn.GroupNorm(8, o), nn.SiLU())
+
+    return nn.Sequential(block(3, width, 1), block(width, width, 1), block(width, 2 * width, 2),
+                         block(2 * width, 2 * width, 2), block(2 * width, 2 * width, 2))
+
+
+class ImageTower(nn.Module):
+    """The conditioning CLIP's image tower (pretraining only; it is not shipped): a CNN whose
+    output takes the place of the ViT's pooled output. A 4-layer ViT on 32-px scenes reads
+    class at 0.26 (chance 0.17) even when trained to, and a blind image tower teaches the text
+    encoder to mute class words."""
+
+    def __init__(self, width: int, out: int):
+        super().__init__()
+        self.features = conv_features(width)
+        self.pool = nn.Sequential(nn.Flatten(), nn.Linear(2 * width * 16, out), nn.LayerNorm(out))
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.pool(self.features(pixels))
+
+
 class Readout(nn.Module):
     """Predicts every attribute of ``world.HEADS`` from a 32-px RGB image in [-1, 1]."""
 
     def __init__(self, width: int = 48):
         super().__init__()
         self.width = width
-
-        def block(i, o, stride):
-            return nn.Sequential(nn.Conv2d(i, o, 3, stride, 1), nn.GroupNorm(8, o), nn.SiLU())
-
-        self.features = nn.Sequential(block(3, width, 1), block(width, width, 1), block(width, 2 * width, 2),
-                                      block(2 * width, 2 * width, 2), block(2 * width, 2 * width, 2))
+        self.features = conv_features(width)
         self.trunk = nn.Sequential(nn.Flatten(), nn.Linear(2 * width * 16, 256), nn.SiLU())
         self.heads = nn.ModuleDict({h: nn.Linear(256, len(v)) for h, v in world.HEADS.items()})
 
