@@ -136,6 +136,30 @@ def test_clip_attribute_heads_learn_and_are_checkpointed(tmp_path):
         build.train_clip(tmp_path / "bad", data, tokenizer, 32, 2, 16, seed=0, every=20, image_tower="resnet")
 
 
+def test_export_writes_a_loadable_pipeline_without_tokenizer_state(tmp_path):
+    """Export of untrained models: a standard SD pipeline folder, the latent scale recorded, and
+    tokenizers saved without the padding the training stages left on them."""
+    from diffusers import DiffusionPipeline
+    from transformers import CLIPModel
+
+    tokenizer, evaluator_tokenizer = models.make_tokenizer(), models.make_tokenizer()
+    for tok in (tokenizer, evaluator_tokenizer):  # as the stages use them
+        build._token_ids(tok, ["a red star"])
+    torch.manual_seed(0)
+    text_clip = CLIPModel(models.clip_config(len(tokenizer), 32))
+    evaluator = CLIPModel(models.clip_config(len(tokenizer), 32))
+    build.export(tmp_path / "world", tmp_path / "work", build.BuildConfig(), tokenizer, text_clip, models.make_vae(),
+                 models.make_unet(32), evaluator, evaluator_tokenizer, models.Readout(16), scaling_factor=2.5)
+    for f in ("pipeline/tokenizer/tokenizer.json", "evaluator/tokenizer.json"):
+        saved = json.loads((tmp_path / "world" / f).read_text())
+        assert saved["padding"] is None and saved["truncation"] is None, f
+    pipe = DiffusionPipeline.from_pretrained(tmp_path / "world" / "pipeline")
+    assert pipe.vae.config.scaling_factor == 2.5
+    assert torch.equal(pipe.text_encoder.embeddings.token_embedding.weight,
+                       text_clip.text_model.embeddings.token_embedding.weight)
+    assert len(list((tmp_path / "world" / "subjects").iterdir())) == len(world.SUBJECTS)
+
+
 shipped = pytest.mark.skipif(not (WORLD / "pipeline" / "model_index.json").is_file(), reason="no shipped mini world")
 
 

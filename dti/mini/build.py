@@ -372,6 +372,9 @@ def export(out: Path, work: Path, cfg: BuildConfig, tokenizer, text_clip, vae, u
     from diffusers import DDIMScheduler, StableDiffusionPipeline
     from transformers import CLIPTextModel
 
+    for tok in (tokenizer, evaluator_tokenizer):  # save no padding state left by the training stages
+        tok.backend_tokenizer.no_padding()
+        tok.backend_tokenizer.no_truncation()
     text_encoder = CLIPTextModel(text_clip.config.text_config)
     text_encoder.load_state_dict(text_clip.text_model.state_dict())
     vae.register_to_config(scaling_factor=scaling_factor)
