@@ -53,6 +53,14 @@ class BuildConfig:
     checkpoint_every: int = _f(250, "Steps between checkpoints.")
 
 
+IMAGE_TOWERS = ("vit", "cnn")  # the conditioning CLIP's image tower: CLIPModel's own, or models.ImageTower
+
+
+def check_image_tower(name: str):
+    if name not in IMAGE_TOWERS:
+        raise DTIError(f"image_tower must be one of {', '.join(IMAGE_TOWERS)}, not {name!r}")
+
+
 STAGES = ("data", "text", "vae", "unet", "evaluator", "readout", "export")
 
 
@@ -204,8 +212,7 @@ def train_clip(folder: Path, data: dict, tokenizer, width: int, steps: int, batc
     image tower sees what it names: with a blind image tower it mutes the word."""
     from transformers import CLIPModel
 
-    if image_tower not in ("vit", "cnn"):
-        raise DTIError(f"image_tower must be 'vit' or 'cnn', not {image_tower!r}")
+    check_image_tower(image_tower)
     torch.manual_seed(seed)
     model = CLIPModel(models.clip_config(len(tokenizer), width))
     modules = {"clip": model}
@@ -432,8 +439,7 @@ def write_subjects(folder: Path, seed: int):
 def build(work: Path, out: Path, cfg: BuildConfig, threads: int | None = None):
     if threads:
         torch.set_num_threads(threads)
-    if cfg.clip_image_tower not in ("vit", "cnn"):
-        raise DTIError(f"clip_image_tower must be 'vit' or 'cnn', not {cfg.clip_image_tower!r}")
+    check_image_tower(cfg.clip_image_tower)  # before any stage runs
     work.mkdir(parents=True, exist_ok=True)
     config_path = work / "config.json"
     if config_path.is_file():

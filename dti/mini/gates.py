@@ -59,11 +59,11 @@ def scene_caption(scene: world.Scene) -> str:
 @torch.no_grad()
 def reconstruct(vae, images: torch.Tensor, batch: int = 250) -> torch.Tensor:
     """uint8 [N, H, W, 3] through the VAE (posterior mean, as the denoiser's latents) and back."""
-    out = []
-    for i in range(0, len(images), batch):
-        x = vae.decode(vae.encode(models.vae_pixels(images[i:i + batch])).latent_dist.mode()).sample
-        out.append(((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1))
-    return torch.cat(out)
+    from .build import encode_latents
+
+    latents = encode_latents(vae, images, batch)
+    out = [vae.decode(latents[i:i + batch]).sample for i in range(0, len(latents), batch)]
+    return ((torch.cat(out).clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1)
 
 
 def readout_accuracy(readout, n: int, seed: int, vae=None) -> dict[str, float]:
