@@ -92,6 +92,18 @@ def test_stage_resumes_bit_identically(tmp_path):
     assert stage.done
     for a, b in zip(full.parameters(), resumed.parameters()):
         assert torch.equal(a, b)
+    assert json.loads((tmp_path / "part" / "done.json").read_text())["device"] == "cpu"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message for a machine without a GPU")
+def test_build_and_gates_check_the_device_before_anything_runs(tmp_path):
+    with pytest.raises(DTIError, match="no CUDA GPU"):
+        build.build(tmp_path / "work", tmp_path / "out", build.BuildConfig(), device="cuda")
+    with pytest.raises(DTIError, match="unknown device 'gpu'"):
+        build.build(tmp_path / "work", tmp_path / "out", build.BuildConfig(), device="gpu")
+    with pytest.raises(DTIError, match="no CUDA GPU"):
+        gates.run_gates(tmp_path / "world", tmp_path / "gates", quick=True, device="cuda:0")
+    assert not any(tmp_path.iterdir())  # nothing written
 
 
 def test_build_refuses_to_mix_two_worlds_in_one_work_folder(tmp_path):

@@ -61,6 +61,15 @@ def check_image_tower(name: str):
         raise DTIError(f"image_tower must be one of {', '.join(IMAGE_TOWERS)}, not {name!r}")
 
 
+def check_device(device: str):
+    try:
+        kind = torch.device(device).type
+    except RuntimeError:
+        raise DTIError(f"unknown device {device!r} (cpu, cuda, cuda:N, mps)") from None
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise DTIError(f"device {device!r} asked for, but torch sees no CUDA GPU here")
+
+
 STAGES = ("data", "text", "vae", "unet", "evaluator", "readout", "export")
 
 
@@ -107,6 +116,8 @@ class Stage:
                  warmup: int = 100, ema: dict[str, torch.nn.Module] | None = None):
         self.folder, self.modules, self.opt, self.steps, self.lr, self.warmup = folder, modules, optimizer, steps, lr, warmup
         self.ema = ema or {}
+        device = next(next(iter(modules.values())).parameters()).device
+        self.device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
         folder.mkdir(parents=True, exist_ok=True)
         self.start = self._load()
 
@@ -117,10 +128,10 @@ class Stage:
         return path.is_file() and read_json(path)["steps"] >= self.steps
 
     def _state(self) -> dict:
-        out = {f"model.{n}.{k}": v for n, m in self.modules.items() for k, v in m.state_dict().items()}
-        out.update({f"ema.{n}.{k}": v for n, m in self.ema.items() for k, v in m.state_dict().items()})
+        out = {f"model.{n}.{k}": v.cpu() for n, m in self.modules.items() for k, v in m.state_dict().items()}
+        out.update({f"ema.{n}.{k}": v.cpu() for n, m in self.ema.items() for k, v in m.state_dict().items()})
         for idx, state in self.opt.state_dict()["state"].items():
-            out.update({f"opt.{idx}.{k}": torch.as_tensor(v) for k, v in state.items()})
+            out.update({f"opt.{idx}.{k}": torch.as_tensor(v).cpu() for k, v in state.items()})
         return out
 
     def _load(self) -> int:
@@ -153,8 +164,9 @@ class Stage:
             group["lr"] = self.lr * warm * cosine
 
     def run(self, step_fn, every: int, seed: int):
-        """``step_fn(step, generator) -> dict of floats``; the generator is seeded by (seed, step),
-        so a resumed stage draws the same batches as an uninterrupted one."""
+        """``step_fn(step, generator) -> dict of floats``; the generator (on the CPU, whatever the
+        device) is seeded by (seed, step), so a resumed stage, or one on another device, draws the
+        same batches as an uninterrupted one."""
         log_path = self.folder / "log.csv"
         if self.start == 0 and log_path.exists():
             log_path.unlink()
@@ -179,14 +191,14 @@ class Stage:
                 if (step + 1) % every == 0 and step + 1 < self.steps:
                     self.save(step + 1)
         self.save(self.steps)
-        write_json({"steps": self.steps, "seconds_this_sitting": round(time.time() - t0, 1)}, self.folder / "done.json")
+        write_json({"steps": self.steps, "seconds_this_sitting": round(time.time() - t0, 1), "device": self.device_name},
+                   self.folder / "done.json")
 
     @torch.no_grad()
     def _ema_update(self, step: int):
         decay = min(0.999, (1 + step) / (10 + step))
         for n, ema in self.ema.items():
-            for p_ema, p in zip(ema.parameters(), self.modules[n].parameters()):
-                p_ema.lerp_(p, 1 - decay)
+            torch._foreach_lerp_(list(ema.parameters()), list(self.modules[n].parameters()), 1 - decay)
 
 
 def _adamw(modules, lr, weight_decay):
@@ -203,7 +215,7 @@ def _token_ids(tokenizer, texts: list[str]) -> torch.Tensor:
 
 
 def train_clip(folder: Path, data: dict, tokenizer, width: int, steps: int, batch: int, seed: int, every: int,
-               image_tower: str = "vit", attribute_weight: float = 0.0):
+               image_tower: str = "vit", attribute_weight: float = 0.0, device: str = "cpu"):
     """CLIP-style contrastive pretraining with one hard negative caption per image.
 
     ``image_tower``: "vit" (``CLIPModel``'s own) or "cnn" (``models.ImageTower`` in its place).
@@ -220,6 +232,8 @@ def train_clip(folder: Path, data: dict, tokenizer, width: int, steps: int, batc
         modules["image"] = models.ImageTower(32, width)
     if attribute_weight > 0:
         modules["heads"] = torch.nn.ModuleDict({h: torch.nn.Linear(width, len(v)) for h, v in world.HEADS.items()})
+    for module in modules.values():
+        module.to(device)  # initialised on the CPU: the same start on every device
     stage = Stage(folder, modules, _adamw(list(modules.values()), 1e-3, 0.1), steps, 1e-3)
     if stage.done:
         return model
@@ -233,20 +247,20 @@ def train_clip(folder: Path, data: dict, tokenizer, width: int, steps: int, batc
 
     def step_fn(step, gen):
         idx = torch.randint(len(images), (batch,), generator=gen)
-        pixels = models.clip_pixels(images[idx])
+        pixels = models.clip_pixels(images[idx]).to(device)
         pooled = modules["image"](pixels) if image_tower == "cnn" else model.vision_model(pixel_values=pixels).pooler_output
         img = F.normalize(model.visual_projection(pooled), dim=-1)
-        txt = embed_text(torch.cat([captions[idx], negatives[idx]]))
+        txt = embed_text(torch.cat([captions[idx], negatives[idx]]).to(device))
         scale = model.logit_scale.exp().clamp(max=100)
         logits = scale * img @ txt.T  # [B, 2B]: own caption, other captions, hard negatives
-        mask = torch.zeros_like(logits, dtype=torch.bool)
+        mask = torch.zeros(logits.shape, dtype=torch.bool)
         mask[torch.arange(batch), batch + torch.arange(batch)] = same[idx]  # a negative equal to its caption
-        logits = logits.masked_fill(mask, -1e4)
-        target = torch.arange(batch)
+        logits = logits.masked_fill(mask.to(device), -1e4)
+        target = torch.arange(batch, device=device)
         loss = 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits[:, :batch].T, target))
         logged = {"loss": loss.item(), "top1_among_2b": (logits.argmax(1) == target).float().mean().item()}
         if attribute_weight > 0:
-            attribute_loss = sum(F.cross_entropy(head(pooled), labels[h][idx], ignore_index=-1)
+            attribute_loss = sum(F.cross_entropy(head(pooled), labels[h][idx].to(device), ignore_index=-1)
                                  for h, head in modules["heads"].items()) / len(world.HEADS)
             loss = loss + attribute_weight * attribute_loss
             logged["attribute_loss"] = attribute_loss.item()
@@ -261,17 +275,18 @@ def train_clip(folder: Path, data: dict, tokenizer, width: int, steps: int, batc
     return model.eval()
 
 
-def train_vae(folder: Path, data: dict, cfg: BuildConfig):
+def train_vae(folder: Path, data: dict, cfg: BuildConfig, device: str = "cpu"):
     torch.manual_seed(cfg.seed + 11)
-    vae = models.make_vae()
+    vae = models.make_vae().to(device)
     stage = Stage(folder, {"vae": vae}, _adamw([vae], 2e-3, 0.0), cfg.vae_steps, 2e-3)
     if stage.done:
         return vae
     images = data["images"]
 
     def step_fn(step, gen):
-        x = models.vae_pixels(images[torch.randint(len(images), (cfg.vae_batch,), generator=gen)])
+        x = models.vae_pixels(images[torch.randint(len(images), (cfg.vae_batch,), generator=gen)]).to(device)
         dist = vae.encode(x).latent_dist
+        # (diffusers draws the posterior noise with the CPU generator and moves it to the device)
         recon = vae.decode(dist.sample(generator=gen) if cfg.vae_decode_sample else dist.mode()).sample
         mse = F.mse_loss(recon, x)
         loss = mse + 0.1 * F.l1_loss(recon, x) + 1e-6 * dist.kl().mean()
@@ -288,17 +303,21 @@ def train_vae(folder: Path, data: dict, cfg: BuildConfig):
 
 @torch.no_grad()
 def encode_latents(vae, images: torch.Tensor, batch: int = 500) -> torch.Tensor:
-    return torch.cat([vae.encode(models.vae_pixels(images[i:i + batch])).latent_dist.mode()
+    """Posterior means on the CPU, computed on the VAE's device."""
+    return torch.cat([vae.encode(models.vae_pixels(images[i:i + batch]).to(vae.device)).latent_dist.mode().cpu()
                       for i in range(0, len(images), batch)])
 
 
-def train_unet(folder: Path, latents: torch.Tensor, data: dict, tokenizer, text_encoder, cfg: BuildConfig):
+def train_unet(folder: Path, latents: torch.Tensor, data: dict, tokenizer, text_encoder, cfg: BuildConfig,
+               device: str = "cpu"):
     from diffusers import DDPMScheduler
 
     torch.manual_seed(cfg.seed + 13)
     unet = models.make_unet(text_encoder.config.hidden_size)
     ema = models.make_unet(text_encoder.config.hidden_size)
     ema.load_state_dict(unet.state_dict())
+    unet.to(device)
+    ema.to(device)
     stage = Stage(folder, {"unet": unet}, _adamw([unet], cfg.unet_lr, 0.01), cfg.unet_steps, cfg.unet_lr,
                   warmup=200, ema={"unet": ema})
     if stage.done:
@@ -315,13 +334,14 @@ def train_unet(folder: Path, latents: torch.Tensor, data: dict, tokenizer, text_
         ids = captions[idx].clone()
         ids[torch.rand(cfg.unet_batch, generator=gen) < cfg.caption_dropout] = empty[0]
         with torch.no_grad():
-            states = text_encoder(input_ids=ids).last_hidden_state
+            states = text_encoder(input_ids=ids.to(device)).last_hidden_state
         x0 = latents[idx]
         noise = torch.randn(x0.shape, generator=gen)
         t = torch.randint(0, sched.config.num_train_timesteps, (cfg.unet_batch,), generator=gen)
-        pred = unet(sched.add_noise(x0, noise, t), t, encoder_hidden_states=states).sample
-        per_sample = (pred - sched.get_velocity(x0, noise, t)).pow(2).mean(dim=(1, 2, 3))
-        loss = (weight[t] * per_sample).mean()
+        noisy, target = sched.add_noise(x0, noise, t).to(device), sched.get_velocity(x0, noise, t).to(device)
+        pred = unet(noisy, t.to(device), encoder_hidden_states=states).sample
+        per_sample = (pred - target).pow(2).mean(dim=(1, 2, 3))
+        loss = (weight[t].to(device) * per_sample).mean()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
         stage.opt.step()
@@ -343,9 +363,9 @@ def readout_augment(x: torch.Tensor, gen) -> torch.Tensor:
     return (x + 0.06 * torch.rand(n, 1, 1, 1, generator=gen) * torch.randn(x.shape, generator=gen)).clamp(-1, 1)
 
 
-def train_readout(folder: Path, data: dict, cfg: BuildConfig):
+def train_readout(folder: Path, data: dict, cfg: BuildConfig, device: str = "cpu"):
     torch.manual_seed(cfg.seed + 17)
-    model = models.Readout()
+    model = models.Readout().to(device)
     stage = Stage(folder, {"readout": model}, _adamw([model], 2e-3, 0.01), cfg.readout_steps, 2e-3)
     if stage.done:
         return model.eval()
@@ -353,14 +373,15 @@ def train_readout(folder: Path, data: dict, cfg: BuildConfig):
 
     def step_fn(step, gen):
         idx = torch.randint(len(images), (128,), generator=gen)
-        out = model(readout_augment(models.vae_pixels(images[idx]), gen))
-        losses = {h: F.cross_entropy(out[h], labels[h][idx], ignore_index=-1) for h in world.HEADS}
+        out = model(readout_augment(models.vae_pixels(images[idx]), gen).to(device))
+        truth = {h: labels[h][idx].to(device) for h in world.HEADS}
+        losses = {h: F.cross_entropy(out[h], truth[h], ignore_index=-1) for h in world.HEADS}
         loss = sum(losses.values())
         loss.backward()
         stage.opt.step()
         stage.opt.zero_grad(set_to_none=True)
-        accs = {f"acc_{h}": ((out[h].argmax(-1) == labels[h][idx]).float().sum()
-                             / (labels[h][idx] >= 0).sum().clamp(min=1)).item() for h in ("class", "background", "position")}
+        accs = {f"acc_{h}": ((out[h].argmax(-1) == truth[h]).float().sum()
+                             / (truth[h] >= 0).sum().clamp(min=1)).item() for h in ("class", "background", "position")}
         return {"loss": loss.item(), **accs}
 
     model.train()
@@ -379,6 +400,7 @@ def export(out: Path, work: Path, cfg: BuildConfig, tokenizer, text_clip, vae, u
     from diffusers import DDIMScheduler, StableDiffusionPipeline
     from transformers import CLIPTextModel
 
+    text_clip, vae, unet, evaluator, readout = (m.to("cpu") for m in (text_clip, vae, unet, evaluator, readout))
     for tok in (tokenizer, evaluator_tokenizer):  # save no padding state left by the training stages
         tok.backend_tokenizer.no_padding()
         tok.backend_tokenizer.no_truncation()
@@ -403,8 +425,8 @@ def export(out: Path, work: Path, cfg: BuildConfig, tokenizer, text_clip, vae, u
             if (work / stage / "log.csv").is_file():
                 shutil.copy(work / stage / "log.csv", logs / f"{stage}.csv")
         write_json({"config": asdict(cfg), "versions": package_versions(),
-                    "stage_seconds": {s: read_json(work / s / "done.json").get("seconds_this_sitting")
-                                      for s in STAGES[1:-1] if (work / s / "done.json").is_file()}},
+                    "stages": {s: read_json(work / s / "done.json") for s in STAGES[1:-1]
+                               if (work / s / "done.json").is_file()}},
                    tmp / "build.json")
         if out.exists():
             shutil.rmtree(out)
@@ -436,10 +458,11 @@ def write_subjects(folder: Path, seed: int):
 
 
 # --------------------------------------------------------------------------- #
-def build(work: Path, out: Path, cfg: BuildConfig, threads: int | None = None):
+def build(work: Path, out: Path, cfg: BuildConfig, threads: int | None = None, device: str = "cpu"):
     if threads:
         torch.set_num_threads(threads)
     check_image_tower(cfg.clip_image_tower)  # before any stage runs
+    check_device(device)
     work.mkdir(parents=True, exist_ok=True)
     config_path = work / "config.json"
     if config_path.is_file():
@@ -465,18 +488,18 @@ def build(work: Path, out: Path, cfg: BuildConfig, threads: int | None = None):
     train, held = load_data(work, "train"), load_data(work, "eval")
     tokenizer = models.make_tokenizer()
     text_clip = train_clip(work / "text", train, tokenizer, cfg.text_width, cfg.clip_steps, cfg.clip_batch,
-                           cfg.seed + 3, cfg.checkpoint_every, cfg.clip_image_tower, cfg.clip_attribute_weight)
-    vae = train_vae(work / "vae", train, cfg)
+                           cfg.seed + 3, cfg.checkpoint_every, cfg.clip_image_tower, cfg.clip_attribute_weight, device)
+    vae = train_vae(work / "vae", train, cfg, device)
     latents_path = work / "vae" / "latents.safetensors"
     if not latents_path.is_file():
         save_tensors({"latents": encode_latents(vae, train["images"])}, latents_path)
     latents = load_tensors(latents_path)["latents"]
     scaling_factor = float(1.0 / latents.std())
-    unet = train_unet(work / "unet", latents * scaling_factor, train, tokenizer, text_clip.text_model, cfg)
+    unet = train_unet(work / "unet", latents * scaling_factor, train, tokenizer, text_clip.text_model, cfg, device)
     evaluator_tokenizer = models.make_tokenizer()
     evaluator = train_clip(work / "evaluator", held, evaluator_tokenizer, cfg.evaluator_width, cfg.evaluator_steps,
-                           cfg.clip_batch, cfg.seed + 5, cfg.checkpoint_every)
-    readout = train_readout(work / "readout", held, cfg)
+                           cfg.clip_batch, cfg.seed + 5, cfg.checkpoint_every, device=device)
+    readout = train_readout(work / "readout", held, cfg, device)
     export(out, work, cfg, tokenizer, text_clip, vae, unet, evaluator, evaluator_tokenizer, readout, scaling_factor)
     print(f"exported {out} ({time.time() - t0:.0f} s this sitting)", flush=True)
 
@@ -486,11 +509,13 @@ def main(argv=None):
     parser.add_argument("--work", required=True, help="Folder for data, checkpoints and logs (resumable).")
     parser.add_argument("--out", required=True, help="Folder to write the shipped world to.")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice).")
+    parser.add_argument("--device", default="cpu", help="Device to train on (cpu, cuda, cuda:1, ...); the batches "
+                                                        "are drawn on the CPU, so every device sees the same data.")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="Override a BuildConfig field.")
     args = parser.parse_args(argv)
     try:
         cfg = apply_assignments(BuildConfig(), args.set)
-        build(Path(args.work), Path(args.out), cfg, args.threads)
+        build(Path(args.work), Path(args.out), cfg, args.threads, args.device)
     except DTIError as e:
         raise SystemExit(f"error: {e}") from None
 

@@ -62,7 +62,7 @@ def reconstruct(vae, images: torch.Tensor, batch: int = 250) -> torch.Tensor:
     from .build import encode_latents
 
     latents = encode_latents(vae, images, batch)
-    out = [vae.decode(latents[i:i + batch]).sample for i in range(0, len(latents), batch)]
+    out = [vae.decode(latents[i:i + batch].to(vae.device)).sample.cpu() for i in range(0, len(latents), batch)]
     return ((torch.cat(out).clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1)
 
 
@@ -114,8 +114,8 @@ def text_sensitivity(pipe) -> dict[str, float]:
     for key, options in values.items():
         captions = [world.full_caption(**{**base, key: v}) for v in options]
         ids = pipe.tokenizer(captions, padding="max_length", max_length=pipe.tokenizer.model_max_length,
-                             truncation=True, return_tensors="pt").input_ids
-        states = pipe.text_encoder(input_ids=ids).last_hidden_state.flatten(1)
+                             truncation=True, return_tensors="pt").input_ids.to(pipe.text_encoder.device)
+        states = pipe.text_encoder(input_ids=ids).last_hidden_state.flatten(1).cpu()
         n = len(options)
         out["class" if key == "cls" else key] = float(torch.cdist(states, states).sum() / (n * (n - 1)))
     return out
@@ -148,7 +148,8 @@ def base_model(pipe, readout, n: int, seed: int, out: Path, batch: int = 16) -> 
     return {h: float(np.mean([r[f"want_{h}"] == r[f"got_{h}"] for r in rows])) for h in BASE_ATTRIBUTES}
 
 
-def personalization(world_dir: Path, pipe, evaluator, subjects: list[str], steps: int, out: Path) -> dict:
+def personalization(world_dir: Path, pipe, evaluator, subjects: list[str], steps: int, out: Path,
+                    device: str = "cpu") -> dict:
     """TI on each subject; image similarity (evaluator patch and CLIP embeddings) of 'a photo of a X'
     with X = the learned token vs X = the class word, and the wall times of training and sampling."""
     from ..data import list_images, read_subjects
@@ -165,13 +166,13 @@ def personalization(world_dir: Path, pipe, evaluator, subjects: list[str], steps
         refs_dir = world_dir / "subjects" / name
         cfg = TrainConfig(method="ti", model=str(world_dir / "pipeline"), family="sd", images=str(refs_dir),
                           placeholder=f"<{name}>", initializer=table[name]["class"], steps=steps, resolution=world.SIZE,
-                          seed=0, device="cpu", checkpoint_every=0)
+                          seed=0, device=device, checkpoint_every=0)
         t0 = time.time()
         run = train(cfg, out / "runs" / name)
         train_seconds = time.time() - t0
         t0 = time.time()
         sample(run, out / "samples" / name, name, table[name]["class"], world.PROMPTS, EVAL_SEEDS, "mini",
-               SampleConfig(steps=SAMPLING["steps"], guidance_scale=SAMPLING["guidance_scale"], device="cpu"))
+               SampleConfig(steps=SAMPLING["steps"], guidance_scale=SAMPLING["guidance_scale"], device=device))
         sample_seconds = time.time() - t0
         refs = [Image.open(p) for p in list_images(refs_dir)]
         gens = [torch.Generator().manual_seed(s) for s in range(8)]
@@ -191,19 +192,24 @@ def personalization(world_dir: Path, pipe, evaluator, subjects: list[str], steps
     return results
 
 
-def run_gates(world_dir, out, quick: bool = False, threads: int | None = None) -> dict:
+def run_gates(world_dir, out, quick: bool = False, threads: int | None = None, device: str = "cpu") -> dict:
+    """Every gate of ``world_dir`` into ``out/gates.json``. The wall times (one TI run, one
+    subject's sampling) are measured on ``device``; their budget is stated for 2 CPU cores."""
     from diffusers import DiffusionPipeline
 
     if threads:
         torch.set_num_threads(threads)
+    from .build import check_device
+
+    check_device(device)
     world_dir, out = Path(world_dir), Path(out)
     out.mkdir(parents=True, exist_ok=True)
     n_base, n_retrieval, n_readout = (16, 100, 64) if quick else (160, 500, 1000)
     subjects = [world.SUBJECTS[0].name] if quick else [s.name for s in world.SUBJECTS[:3]]
     steps = 20 if quick else 400
-    readout = models.Readout.load(world_dir / "readout")
-    evaluator = models.Evaluator(world_dir / "evaluator")
-    pipe = DiffusionPipeline.from_pretrained(world_dir / "pipeline", safety_checker=None)
+    readout = models.Readout.load(world_dir / "readout", device)
+    evaluator = models.Evaluator(world_dir / "evaluator", device)
+    pipe = DiffusionPipeline.from_pretrained(world_dir / "pipeline", safety_checker=None).to(device)
     pipe.set_progress_bar_config(disable=True)
     t0 = time.time()
     report = {"readout_on_renders": readout_accuracy(readout, n_readout, seed=101),
@@ -211,7 +217,7 @@ def run_gates(world_dir, out, quick: bool = False, threads: int | None = None) -
               "evaluator": {"top1_of_100": evaluator_retrieval(evaluator, n_retrieval, seed=202)},
               "base_model": base_model(pipe, readout, n_base, seed=303, out=out),
               "text_sensitivity": text_sensitivity(pipe),
-              "personalization": personalization(world_dir, pipe, evaluator, subjects, steps, out)}
+              "personalization": personalization(world_dir, pipe, evaluator, subjects, steps, out, device)}
     checks = {key: {"value": report[key.split(".")[0]][key.split(".")[1]], "threshold": t,
                     "pass": report[key.split(".")[0]][key.split(".")[1]] >= t} for key, t in THRESHOLDS.items()}
     for name, r in report["personalization"].items():
@@ -220,7 +226,7 @@ def run_gates(world_dir, out, quick: bool = False, threads: int | None = None) -
                                                                   "pass": margin >= 0.05}
     report.update({"checks": checks, "all_pass": all(c["pass"] for c in checks.values()), "quick": quick,
                    "sizes": {"base_model": n_base, "retrieval": n_retrieval, "readout": n_readout},
-                   "seconds": round(time.time() - t0, 1), "threads": torch.get_num_threads(),
+                   "seconds": round(time.time() - t0, 1), "threads": torch.get_num_threads(), "device": device,
                    "versions": package_versions()})
     write_json(report, out / "gates.json")
     return report
@@ -232,9 +238,10 @@ def main(argv=None):
     parser.add_argument("--out", required=True, help="Folder for gates.json, base_model.csv/png, runs and samples.")
     parser.add_argument("--quick", action="store_true", help="Small samples and a 20-step TI (for tests).")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--device", default="cpu", help="Device for the models (the budget gates are stated for CPUs).")
     args = parser.parse_args(argv)
     try:
-        report = run_gates(args.world, args.out, args.quick, args.threads)
+        report = run_gates(args.world, args.out, args.quick, args.threads, args.device)
     except DTIError as e:
         raise SystemExit(f"error: {e}") from None
     for key, c in report["checks"].items():

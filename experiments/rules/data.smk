@@ -12,8 +12,9 @@ rule mini_world:
     # checkpoints) and measure its quality gates. Compare with, or copy over, experiments/mini/world.
     output: directory("results/mini_build/world"), "results/mini_build/gates/gates.json"
     threads: CORES
-    params: threads=min(CORES, CPUS)
+    params: threads=min(CORES, CPUS), device=config.get("mini_world_device", "cpu")
     log: "results/mini_build/build.log"
     shell:
         "({PY} -m dti.mini.build --work results/mini_build/work --out {output[0]} --threads {params.threads}"
-        " && {PY} -m dti.mini.gates --world {output[0]} --out results/mini_build/gates --threads {params.threads}) > {log} 2>&1"
+        " --device {params.device} && {PY} -m dti.mini.gates --world {output[0]} --out results/mini_build/gates"
+        " --threads {params.threads} --device {params.device}) > {log} 2>&1"
