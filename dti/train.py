@@ -25,9 +25,17 @@ CHECKPOINT = "checkpoint.safetensors"
 
 
 def resolve_device(name: str) -> torch.device:
+    """'auto' (the GPU if torch sees one, else the CPU) or a torch device name; a one-line error
+    for a name torch does not know or a CUDA device on a machine without one."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise DTIError(f"unknown device {name!r} (auto, cpu, cuda, cuda:N, mps)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise DTIError(f"device {name!r} asked for, but torch sees no CUDA GPU here")
+    return device
 
 
 def frozen_dtype(device: torch.device, mixed_precision: str) -> torch.dtype:

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 
 from ..config import _f, apply_assignments
 from ..io import DTIError, atomic_path, load_tensors, package_versions, read_json, save_tensors, write_json
+from ..train import resolve_device
 from . import models, world
 
 
@@ -59,15 +60,6 @@ IMAGE_TOWERS = ("vit", "cnn")  # the conditioning CLIP's image tower: CLIPModel'
 def check_image_tower(name: str):
     if name not in IMAGE_TOWERS:
         raise DTIError(f"image_tower must be one of {', '.join(IMAGE_TOWERS)}, not {name!r}")
-
-
-def check_device(device: str):
-    try:
-        kind = torch.device(device).type
-    except RuntimeError:
-        raise DTIError(f"unknown device {device!r} (cpu, cuda, cuda:N, mps)") from None
-    if kind == "cuda" and not torch.cuda.is_available():
-        raise DTIError(f"device {device!r} asked for, but torch sees no CUDA GPU here")
 
 
 STAGES = ("data", "text", "vae", "unet", "evaluator", "readout", "export")
@@ -462,7 +454,7 @@ def build(work: Path, out: Path, cfg: BuildConfig, threads: int | None = None, d
     if threads:
         torch.set_num_threads(threads)
     check_image_tower(cfg.clip_image_tower)  # before any stage runs
-    check_device(device)
+    device = str(resolve_device(device))
     work.mkdir(parents=True, exist_ok=True)
     config_path = work / "config.json"
     if config_path.is_file():
@@ -509,7 +501,7 @@ def main(argv=None):
     parser.add_argument("--work", required=True, help="Folder for data, checkpoints and logs (resumable).")
     parser.add_argument("--out", required=True, help="Folder to write the shipped world to.")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice).")
-    parser.add_argument("--device", default="cpu", help="Device to train on (cpu, cuda, cuda:1, ...); the batches "
+    parser.add_argument("--device", default="cpu", help="Device to train on (cpu, cuda, cuda:1, auto, ...); the batches "
                                                         "are drawn on the CPU, so every device sees the same data.")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="Override a BuildConfig field.")
     args = parser.parse_args(argv)

@@ -199,9 +199,9 @@ def run_gates(world_dir, out, quick: bool = False, threads: int | None = None, d
 
     if threads:
         torch.set_num_threads(threads)
-    from .build import check_device
+    from ..train import resolve_device
 
-    check_device(device)
+    device = str(resolve_device(device))
     world_dir, out = Path(world_dir), Path(out)
     out.mkdir(parents=True, exist_ok=True)
     n_base, n_retrieval, n_readout = (16, 100, 64) if quick else (160, 500, 1000)
