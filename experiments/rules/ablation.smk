@@ -28,6 +28,7 @@ rule train_ablation:
 
 
 rule ablation_cell:
+    localrule: True
     input: lambda w: scores_of(f"{OUT}/ablation/{CELLS.wildcard_pattern.format(**w)}", ["dti"], ABLATION_SUBJECTS)
     output: f"{OUT}/ablation/{CELLS.wildcard_pattern}/tables/summary.csv"
     params: out=lambda w, output: os.path.dirname(output[0]), subjects=" ".join(ABLATION_SUBJECTS)
@@ -41,6 +42,7 @@ def cell_label(row) -> str:
 
 rule ablation_default:
     # The default DTI cell on the ablation's subjects, from the main table's DTI runs.
+    localrule: True
     input: scores_of(OUT, ["dti"], ABLATION_SUBJECTS)
     output: f"{OUT}/ablation/default/tables/summary.csv"
     params: out=f"{OUT}/ablation/default/tables", subjects=" ".join(ABLATION_SUBJECTS)
@@ -48,6 +50,7 @@ rule ablation_default:
 
 
 rule ablation_table:
+    localrule: True
     input:
         default=rules.ablation_default.output[0],
         cells=expand(f"{OUT}/ablation/{{cell}}/tables/summary.csv", cell=CELLS.instance_patterns),

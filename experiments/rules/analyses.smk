@@ -15,6 +15,7 @@ def figure(name: str):
 
 
 rule training_curves:
+    localrule: True
     input: MAIN_RUNS
     output: figure("norm_growth"), figure("cosine_drift"), f"{TABLES}/training_curves.csv", f"{TABLES}/final_norms.csv"
     shell: "{PY} -m analysis.training_curves --runs {MAIN_RUN_DIRS} --figures {FIGURES} --tables {TABLES}"
@@ -107,6 +108,7 @@ rule interpolation:
 
 
 rule ablation_view:
+    localrule: True
     input: main=rules.aggregate_main.output[0], ablation=f"{TABLES}/ablation_summary.csv"
     output: figure("ablation_view"), f"{TABLES}/ablation_view.csv"
     shell:

@@ -41,6 +41,7 @@ def scores_of(prefix, methods, subjects):
 
 
 rule aggregate_main:
+    localrule: True
     input: scores_of(OUT, ALL_METHODS, SUBJECTS)
     output: f"{OUT}/tables/main_scores/summary.csv", f"{OUT}/tables/main_scores/per_subject.csv"
     params: out=f"{OUT}/tables/main_scores", subjects=" ".join(SUBJECTS)
@@ -48,6 +49,7 @@ rule aggregate_main:
 
 
 rule main_table:
+    localrule: True
     input: rules.aggregate_main.output[0]
     output: report(f"{OUT}/tables/main.md", caption="../report/main_table.rst", category="Tables"),
             f"{OUT}/tables/main.csv", f"{OUT}/tables/main.tex"

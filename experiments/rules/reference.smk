@@ -3,6 +3,7 @@
 # After changing the configuration on purpose, set `reference: null` (or save a new reference).
 
 rule check_reference:
+    localrule: True
     input: rules.main_table.output, rules.ablation_table.output if ABLATION["cells"] else [], ANALYSIS_OUTPUTS,
            reference=config.get("reference") or []
     output: f"{OUT}/reference_check.txt"
