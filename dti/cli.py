@@ -33,7 +33,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--steps", type=int, help="optimisation steps (default: the family's protocol)")
     t.add_argument("--out", required=True, help="run directory to write")
     t.add_argument("--seed", type=int, default=42, help="seed of every random draw (default 42)")
-    t.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    t.add_argument("--resume", action="store_true",
+                   help="continue the run in --out from its last checkpoint (from step 0 if its base model or photos "
+                        "changed since)")
     t.add_argument("--set", dest="assignments", action="append", default=[], metavar="KEY=VALUE",
                    help="override a configuration key (repeatable; keys listed below)")
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import platform
@@ -69,3 +70,31 @@ def package_versions() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             out[name] = "not installed"
     return out
+
+
+# --- what a result was made from: a resumed run or sampling job must not mix two sets of inputs ---
+
+def model_stamp(model: str | os.PathLike) -> str:
+    """What identifies a base model's weights. A local folder: the path, size and modification time
+    of every file in it (cheap for multi-GB models; rewriting any file changes it). A hub id: the
+    id as given (pin a revision for more)."""
+    folder = Path(model)
+    if not folder.is_dir():
+        return str(model)
+    digest = hashlib.sha256()
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        stat = path.stat()
+        digest.update(f"{path.relative_to(folder)}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()
+
+
+def content_digest(items) -> str:
+    """sha256 over files (by their bytes) and tensors (by their values), in the order given."""
+    digest = hashlib.sha256()
+    for item in items:
+        if torch.is_tensor(item):
+            digest.update(item.detach().float().cpu().contiguous().numpy().tobytes())
+        else:
+            digest.update(Path(item).read_bytes())
+        digest.update(b"\0")
+    return digest.hexdigest()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import re
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from PIL import Image
 
 from .config import apply_assignments
 from .embeddings import load_embeddings, read_run
-from .io import DTIError, atomic_path, package_versions, write_json
+from .io import DTIError, atomic_path, content_digest, model_stamp, package_versions, read_json, write_json
 
 MANIFEST_FIELDS = ["run", "method", "family", "base_model", "subject", "class_noun", "prompt_set", "prompt_index",
                    "prompt", "scoring_text", "seed", "file", "height", "width", "steps", "guidance_scale",
@@ -85,7 +86,7 @@ def sample(run_dir: str | Path, out_dir: str | Path, subject: str, class_noun: s
            seeds: list[int], prompt_set: str, cfg: SampleConfig | None = None, pipe=None) -> Path:
     """Generate every (template, seed) image of one run; returns the manifest's path."""
     cfg = cfg or SampleConfig()
-    record, _ = read_run(run_dir)
+    record, vectors = read_run(run_dir)
     family, model = record["config"]["family"], record["config"]["model"]
     if not templates:
         raise DTIError("the prompt set is empty")
@@ -107,6 +108,15 @@ def sample(run_dir: str | Path, out_dir: str | Path, subject: str, class_noun: s
             call["complex_human_instruction"] = None
     out_dir = Path(out_dir)
     method = record.get("method", record["config"]["method"])
+    # Images already here are kept (resume) only if they were made from these same inputs.
+    inputs = {"model": model_stamp(model), "vectors": content_digest(vectors), "class_noun": class_noun,
+              "templates": list(templates), "settings": {k: v for k, v in settings.items() if k != "batch_size"}}
+    stamp = out_dir / "sample.json"
+    if not (stamp.is_file() and read_json(stamp).get("inputs") == inputs):
+        shutil.rmtree(out_dir / subject, ignore_errors=True)
+    about = {"run": str(run_dir), "subject": subject, "class_noun": class_noun, "prompt_set": prompt_set,
+             "seeds": seeds, "settings": settings, "inputs": inputs, "versions": package_versions()}
+    write_json({**about, "status": "running"}, stamp)
     rows, todo = [], []
     for index, template in enumerate(templates):
         prompt = concept.prompt(template)
@@ -138,6 +148,5 @@ def sample(run_dir: str | Path, out_dir: str | Path, subject: str, class_noun: s
             writer = csv.DictWriter(f, fieldnames=MANIFEST_FIELDS)
             writer.writeheader()
             writer.writerows(rows)
-    write_json({"run": str(run_dir), "subject": subject, "class_noun": class_noun, "prompt_set": prompt_set,
-                "seeds": seeds, "settings": settings, "versions": package_versions()}, out_dir / "sample.json")
+    write_json({**about, "status": "complete"}, stamp)
     return manifest

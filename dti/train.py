@@ -14,9 +14,10 @@ from tqdm.auto import tqdm
 
 from .config import TrainConfig
 from .data import draw_batch, list_images, load_reference, load_templates
-from .embeddings import ENCODER_FILES, write_embedding_files
+from .embeddings import ENCODER_FILES, SDXL_SINGLE_FILE, write_embedding_files
 from .families import FAMILIES, detect_family
-from .io import DTIError, atomic_path, load_tensors, package_versions, read_json, save_tensors, write_json
+from .io import (DTIError, atomic_path, content_digest, load_tensors, model_stamp, package_versions, read_json,
+                 save_tensors, write_json)
 from .methods import METHODS
 
 LOG_FIELDS = ["step", "encoder", "vector", "loss", "norm", "cos_to_initializer", "cos_to_initial",
@@ -106,7 +107,8 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False, family=No
         raise DTIError("no placeholder given")
     load_templates(cfg.templates)
     image_paths = list_images(cfg.images)
-    start_state = _check_run_dir(out_dir, cfg, resume)
+    inputs = {"model": model_stamp(cfg.model), "images": content_digest(image_paths)}
+    start_state = _check_run_dir(out_dir, cfg, resume, inputs)
     if start_state == "complete":
         print(f"{out_dir}: already trained for {cfg.steps} steps", file=sys.stderr)
         return out_dir
@@ -119,7 +121,7 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False, family=No
         "config": dataclasses.asdict(cfg), "tokens": family.tokens, "vectors": len(family.tokens),
         "encoders": [s.name for s in slots], "vocab_norms": {s.name: s.vocab_norms for s in slots},
         "images": [p.name for p in image_paths], "versions": package_versions(),
-        "device": str(trainer.device), "status": "running", **method.metadata(),
+        "device": str(trainer.device), "inputs": inputs, "status": "running", **method.metadata(),
     }
     log = out_dir / "train_log.csv"
     step = 0
@@ -159,8 +161,9 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False, family=No
 
 # --- run directory, logs, checkpoints -------------------------------------------
 
-def _check_run_dir(out_dir: Path, cfg: TrainConfig, resume: bool) -> str:
-    """'fresh', 'resume' or 'complete'; refuses to mix runs."""
+def _check_run_dir(out_dir: Path, cfg: TrainConfig, resume: bool, inputs: dict) -> str:
+    """'fresh', 'resume' or 'complete'; refuses to mix runs. A run whose base model or images have
+    changed since (as when a workflow re-runs it for that reason) is trained again from step 0."""
     record_path = out_dir / "run.json"
     if not record_path.exists():
         if out_dir.exists() and any(out_dir.iterdir()) and not resume:
@@ -176,6 +179,12 @@ def _check_run_dir(out_dir: Path, cfg: TrainConfig, resume: bool) -> str:
     differ = sorted(k for k in new if k != "steps" and old.get(k) != new[k])
     if differ:
         raise DTIError(f"cannot resume {out_dir}: configuration differs in {', '.join(differ)}")
+    if record.get("inputs") != inputs:
+        print(f"{out_dir}: its base model or images changed since it was trained; training again from step 0",
+              file=sys.stderr)
+        for name in (CHECKPOINT, *ENCODER_FILES, SDXL_SINGLE_FILE):
+            (out_dir / name).unlink(missing_ok=True)
+        return "fresh"
     outputs_present = (out_dir / ENCODER_FILES[0]).exists()
     if record.get("status") == "complete" and old.get("steps") == cfg.steps and outputs_present:
         return "complete"

@@ -11,6 +11,7 @@ from PIL import Image
 from dti import DTIError, TrainConfig, train
 from dti.aggregate import bootstrap_interval, subject_means, summarize, write_tables
 from dti.data import fetch_dreambooth, read_prompt_set, read_subjects
+from dti.io import load_tensors, save_tensors
 from dti.sample import SampleConfig, sample
 
 from conftest import dreambooth_dir
@@ -67,6 +68,25 @@ def test_image_depends_on_run_prompt_and_seed_alone_and_reruns_resume(sd_run, tm
     with Image.open(files[2]) as im:
         im.load()
         assert im.size == (64, 64)
+
+
+def test_rerun_with_other_vectors_redoes_every_image(sd_run, tmp_path):
+    """Kept images must come from the same inputs: a workflow re-runs a sampling job when the run it
+    samples was trained again, into the same folder."""
+    cfg = SampleConfig().set(["steps=2"])
+    rows = pd.read_csv(sample(sd_run, tmp_path / "out", "dog", "dog", TEMPLATES, [0], "p", cfg))
+    files = [tmp_path / "out" / f for f in rows["file"]]
+    before = [np.asarray(Image.open(f)) for f in files]
+    retrained = tmp_path / "retrained"
+    shutil.copytree(sd_run, retrained)
+    vectors = load_tensors(retrained / "learned_embeds.safetensors")
+    save_tensors({k: v.flip(-1) for k, v in vectors.items()}, retrained / "learned_embeds.safetensors")
+    sample(retrained, tmp_path / "out", "dog", "dog", TEMPLATES, [0], "p", cfg)
+    after = [np.asarray(Image.open(f)) for f in files]
+    redone = sample(retrained, tmp_path / "fresh", "dog", "dog", TEMPLATES, [0], "p", cfg)
+    fresh = [np.asarray(Image.open(redone.parent / f)) for f in rows["file"]]
+    assert all(np.array_equal(a, f) for a, f in zip(after, fresh))
+    assert not all(np.array_equal(a, b) for a, b in zip(after, before))
 
 
 def test_sample_bad_input(sd_run, tmp_path):

@@ -2,6 +2,7 @@
 
 import csv
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -62,16 +63,18 @@ def test_hard_negatives_change_one_said_attribute():
 
 
 def test_stage_resumes_bit_identically(tmp_path):
-    """A stage killed after its checkpoint at step 5 and resumed ends where an uninterrupted one ends."""
+    """A stage killed after its checkpoint at step 30 and resumed ends where an uninterrupted one
+    ends, with one log row per logged step and its time counted over both sittings."""
     def make(folder):
         torch.manual_seed(0)
         model = torch.nn.Linear(4, 2)
-        return model, build.Stage(folder, {"m": model}, build._adamw([model], 1e-2, 0.0), 10, 1e-2, warmup=2)
+        return model, build.Stage(folder, {"m": model}, build._adamw([model], 1e-2, 0.0), 60, 1e-2, warmup=2)
 
     def step_fn_for(model, stage, kill_at=None):
         def step_fn(step, gen):
             if step == kill_at:
                 raise KeyboardInterrupt
+            time.sleep(0.002)
             x = torch.randn(8, 4, generator=gen)
             loss = model(x).pow(2).mean()
             loss.backward()
@@ -80,19 +83,29 @@ def test_stage_resumes_bit_identically(tmp_path):
             return {"loss": loss.item()}
         return step_fn
 
+    def log(folder):
+        with (folder / "log.csv").open() as f:
+            return list(csv.DictReader(f))
+
     full, stage = make(tmp_path / "full")
-    stage.run(step_fn_for(full, stage), every=5, seed=1)
+    stage.run(step_fn_for(full, stage), every=30, seed=1)
     part, stage = make(tmp_path / "part")
     with pytest.raises(KeyboardInterrupt):
-        stage.run(step_fn_for(part, stage, kill_at=7), every=5, seed=1)
+        stage.run(step_fn_for(part, stage, kill_at=55), every=30, seed=1)
     assert not stage.done
+    assert [r["step"] for r in log(tmp_path / "part")] == ["0", "25", "50"]  # 50 is past the checkpoint
     resumed, stage = make(tmp_path / "part")
-    assert stage.start == 5
-    stage.run(step_fn_for(resumed, stage), every=5, seed=1)
+    assert stage.start == 30 and stage.seconds_before > 0
+    stage.run(step_fn_for(resumed, stage), every=30, seed=1)
     assert stage.done
     for a, b in zip(full.parameters(), resumed.parameters()):
         assert torch.equal(a, b)
-    assert json.loads((tmp_path / "part" / "done.json").read_text())["device"] == "cpu"
+    full_log, part_log = log(tmp_path / "full"), log(tmp_path / "part")
+    assert [(r["step"], r["loss"]) for r in part_log] == [(r["step"], r["loss"]) for r in full_log]
+    seconds = [float(r["seconds"]) for r in part_log]
+    assert seconds == sorted(seconds)
+    done = json.loads((tmp_path / "part" / "done.json").read_text())
+    assert done["device"] == "cpu" and done["seconds"] >= seconds[-1] >= 0.1
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message for a machine without a GPU")

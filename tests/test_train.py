@@ -2,6 +2,7 @@
 
 import csv
 import dataclasses
+import shutil
 
 import pytest
 import torch
@@ -11,7 +12,7 @@ from safetensors import safe_open
 from dti import DTIError, TrainConfig, load_embeddings, rescale, train
 from dti.embeddings import read_run
 from dti.families import FAMILIES
-from dti.io import load_tensors
+from dti.io import load_tensors, save_tensors
 
 CPU = torch.device("cpu")
 GEN_SIZE = {"sd": 64, "sdxl": 64, "sana": 256}
@@ -163,6 +164,32 @@ def test_resume_after_kill_matches_uninterrupted_run(tiny_models, ref_images, tm
     with pytest.raises(DTIError, match="checkpointed at step 6, beyond the 4 steps"):
         train(dataclasses.replace(cfg, steps=4), tmp_path / "killed", resume=True)
     assert [r["step"] for r in read_log(tmp_path / "killed")] == [s for s in range(7) for _ in range(2)]
+
+
+def test_resume_trains_again_when_the_base_model_or_images_changed(tiny_models, ref_images, tmp_path):
+    """A workflow re-runs a finished job (its outputs removed) when the base model or the images
+    change under the same paths: --resume must train on the new ones, not return the old run."""
+    model, images = tmp_path / "model", tmp_path / "images"
+    shutil.copytree(tiny_models["sd"], model)
+    shutil.copytree(ref_images, images)
+    cfg = make_cfg("sd", "ti", model, images, steps=3, lr=0.5)
+    old = read_run(train(cfg, tmp_path / "run"))[1][0]
+
+    weights = next((model / "text_encoder").glob("*.safetensors"))
+    tensors = load_tensors(weights)
+    tensors = {k: v * 1.5 if "token_embedding" in k else v for k, v in tensors.items()}
+    save_tensors(tensors, weights)  # new encoder weights at the same path
+    new_model = read_run(train(cfg, tmp_path / "straight_model"))[1][0]
+    assert not torch.equal(new_model, old)
+    (tmp_path / "run" / "learned_embeds.safetensors").unlink()
+    assert torch.equal(read_run(train(cfg, tmp_path / "run", resume=True))[1][0], new_model)
+
+    first = sorted(images.iterdir())[0]
+    first.write_bytes(sorted(images.iterdir())[1].read_bytes())  # another photo under the same name
+    new_images = read_run(train(cfg, tmp_path / "straight_images"))[1][0]
+    (tmp_path / "run" / "learned_embeds.safetensors").unlink()
+    assert torch.equal(read_run(train(cfg, tmp_path / "run", resume=True))[1][0], new_images)
+    assert [r["step"] for r in read_log(tmp_path / "run")] == [s for s in range(4) for _ in range(2)]
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tiny_models, ref_images, tmp_path, monkeypatch):
