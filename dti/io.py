@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import csv
 import hashlib
 import json
 import os
@@ -70,6 +71,25 @@ def package_versions() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             out[name] = "not installed"
     return out
+
+
+def truncate_log(path: str | os.PathLike, last_step: int):
+    """Keep the rows of a CSV log (a ``step`` column) up to ``last_step``, atomically: what a resumed
+    run logs again after its checkpoint must not stand twice."""
+    path = Path(path)
+    if not path.exists():
+        return
+    with path.open(newline="") as f:
+        reader = csv.DictReader(f)
+        kept = [r for r in reader if int(r["step"]) <= last_step]
+    if reader.fieldnames is None:  # empty (killed before its header): the writer starts it again
+        path.unlink()
+        return
+    with atomic_path(path) as tmp:
+        with tmp.open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=reader.fieldnames)
+            writer.writeheader()
+            writer.writerows(kept)
 
 
 # --- what a result was made from: a resumed run or sampling job must not mix two sets of inputs ---

@@ -16,8 +16,8 @@ from .config import TrainConfig
 from .data import draw_batch, list_images, load_reference, load_templates
 from .embeddings import ENCODER_FILES, SDXL_SINGLE_FILE, write_embedding_files
 from .families import FAMILIES, detect_family
-from .io import (DTIError, atomic_path, content_digest, load_tensors, model_stamp, package_versions, read_json,
-                 save_tensors, write_json)
+from .io import (DTIError, content_digest, load_tensors, model_stamp, package_versions, read_json,
+                 save_tensors, truncate_log, write_json)
 from .methods import METHODS
 
 LOG_FIELDS = ["step", "encoder", "vector", "loss", "norm", "cos_to_initializer", "cos_to_initial",
@@ -130,7 +130,7 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False, family=No
         if step > cfg.steps:
             raise DTIError(f"{out_dir} is checkpointed at step {step}, beyond the {cfg.steps} steps asked for; "
                            "choose another --out")
-        _truncate_log(log, step)
+        truncate_log(log, step)
     else:
         out_dir.mkdir(parents=True, exist_ok=True)
         log.unlink(missing_ok=True)
@@ -281,16 +281,3 @@ def _open_log(path: Path):
     if new:
         writer.writeheader()
     return f, writer
-
-
-def _truncate_log(path: Path, last_step: int):
-    """Keep the rows up to ``last_step`` (all rows are dropped for -1), atomically."""
-    if not path.exists():
-        return
-    with path.open(newline="") as f:
-        kept = [r for r in csv.DictReader(f) if int(r["step"]) <= last_step]
-    with atomic_path(path) as tmp:
-        with tmp.open("w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=LOG_FIELDS)
-            writer.writeheader()
-            writer.writerows(kept)

@@ -23,7 +23,8 @@ import torch
 import torch.nn.functional as F
 
 from ..config import _f, apply_assignments
-from ..io import DTIError, atomic_path, load_tensors, package_versions, read_json, save_tensors, write_json
+from ..io import (DTIError, atomic_path, load_tensors, package_versions, read_json, save_tensors, truncate_log,
+                  write_json)
 from ..train import resolve_device
 from . import models, world
 
@@ -163,13 +164,10 @@ class Stage:
         device) is seeded by (seed, step), so a resumed stage, or one on another device, draws the
         same batches as an uninterrupted one."""
         log_path = self.folder / "log.csv"
-        if self.start == 0 and log_path.exists():
-            log_path.unlink()
-        elif log_path.exists():  # drop the rows of steps after the checkpoint: they are run again
-            rows = log_path.read_text().splitlines(keepends=True)
-            kept = rows[:1] + [r for r in rows[1:] if int(r.split(",", 1)[0]) < self.start]
-            with atomic_path(log_path) as tmp:
-                tmp.write_text("".join(kept))
+        if self.start == 0:
+            log_path.unlink(missing_ok=True)
+        else:  # the steps after the checkpoint are run again
+            truncate_log(log_path, self.start - 1)
         t0 = time.time() - self.seconds_before  # seconds are counted over all sittings
         with log_path.open("a", newline="") as f:
             writer = None
