@@ -19,7 +19,7 @@ def trade_off_table(main: pd.DataFrame, ablation: pd.DataFrame, image_metric: st
     """One row per label: image and text means with their intervals, and which table it came from."""
     rows = []
     for source, summary in (("main", main), ("ablation", ablation)):
-        for metric, axis in ((image_metric, "image"), (text_metric, "text")):
+        for metric in (image_metric, text_metric):
             if metric not in set(summary["metric"]):
                 raise ValueError(f"metric {metric!r} is not in the {source} summary "
                                  f"(it has {', '.join(sorted(set(summary['metric'])))})")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,9 +12,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
-from dti.embeddings import read_run  # noqa: E402
+from dti.embeddings import read_run, run_method  # noqa: E402
 from dti.families import FAMILIES, detect_family  # noqa: E402
-from dti.io import atomic_path  # noqa: E402
+from dti.io import atomic_path, read_json  # noqa: E402
 
 METHOD_COLOURS = {"ti": "tab:red", "crossinit": "tab:orange", "dti": "tab:blue", "ti_rescaled": "tab:purple"}
 
@@ -49,17 +48,14 @@ def load_text_encoders(model: str, device: str = "cpu") -> list[TextEncoder]:
     return out
 
 
-def run_method(record: dict) -> str:
-    """``ti_rescaled`` and interpolated runs name their method; trained runs carry it in their config."""
-    return record.get("method") or record["config"]["method"]
-
-
 def learned_vectors(run_dirs) -> list[dict]:
-    """One entry per run: its method, name and each encoder's [k, d] learned vectors."""
+    """One entry per run: its name, method, initializer word and each encoder's [k, d] learned vectors."""
     out = []
     for run in sorted(Path(r) for r in run_dirs):
         record, rows = read_run(run)
-        out.append({"run": run_label(run), "method": run_method(record), "vectors": dict(zip(record["encoders"], rows))})
+        out.append({"run": run_label(run), "method": run_method(record),
+                    "initializer": record["config"].get("initializer"),
+                    "vectors": dict(zip(record["encoders"], rows))})
     return out
 
 
@@ -69,7 +65,8 @@ def run_label(run: Path) -> str:
 
 
 def read_record(run: Path) -> dict:
-    return json.loads((Path(run) / "run.json").read_text())
+    """A run's record (run.json) alone, finished or not (``read_run`` also loads the vectors of a finished one)."""
+    return read_json(Path(run) / "run.json")
 
 
 def save_figure(fig, out_dir: Path, name: str, caption: str):

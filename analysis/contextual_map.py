@@ -13,7 +13,7 @@ import pandas as pd
 import torch
 
 from analysis.common import METHOD_COLOURS, learned_vectors, load_text_encoders, save_figure, write_csv
-from analysis.residual_stagnation import prompt_with_slots
+from analysis.residual_stagnation import prompt_with_slots, word_tokens
 
 TEMPLATE = "a photo of a {}"
 WORDS = {
@@ -26,21 +26,19 @@ WORDS = {
 def last_state(enc, template: str, word: str, rows: torch.Tensor | None = None) -> torch.Tensor:
     """The last hidden state at the word's last token; with ``rows`` ([k, d], raw-table space) the
     word's tokens are replaced by k slots holding those rows (a learned token in context)."""
-    k = 1 if rows is None else rows.shape[0]
-    ids, positions = prompt_with_slots(enc.tokenizer, template, word, k)
-    if rows is None:  # the word itself: its own tokens, last one taken
-        enc_ids = enc.tokenizer(template.format(word), return_offsets_mapping=True)
-        start = template.index("{}")
-        hits = [i for i, (a, b) in enumerate(enc_ids["offset_mapping"]) if b > a and a < start + len(word) and b > start]
-        ids, positions = enc_ids["input_ids"], [hits[-1]]
+    if rows is None:  # the word itself: its own tokens, the last one read
+        ids, word_positions = word_tokens(enc.tokenizer, template, word)
+        positions = word_positions[-1:]
+    else:
+        ids, positions = prompt_with_slots(enc.tokenizer, template, word, rows.shape[0])
     embed = enc.model.get_input_embeddings()
-    scale = getattr(embed, "scalar_embed_scale", 1.0)  # Gemma-2 scales rows inside its embedding module
+    embed_scale = getattr(embed, "scalar_embed_scale", 1.0)  # Gemma-2 scales rows inside its embedding module
 
     def put_rows(_module, _args, out):
         if rows is None:
             return out
         out = out.clone()
-        out[0, positions] = (rows * scale).to(out.dtype)
+        out[0, positions] = (rows * embed_scale).to(out.dtype)
         return out
 
     handle = embed.register_forward_hook(put_rows)
@@ -57,20 +55,19 @@ def contextual_map(encoders, runs: list[dict], template: str = TEMPLATE, words=W
     """2-D coordinates of every word and learned token, per encoder (PCA fitted on the words)."""
     out = []
     for enc in encoders:
-        labels, kinds, methods, states = [], [], [], []
+        points = []  # (label, kind, method, last hidden state): the words first, then the learned tokens
         for kind, group in words.items():
-            for word in group:
-                labels.append(word), kinds.append(kind), methods.append(""), states.append(last_state(enc, template, word))
-        n_words = len(states)
+            points += [(word, kind, "", last_state(enc, template, word)) for word in group]
+        n_words = len(points)
         for run in runs:
-            labels.append(run["run"]), kinds.append("learned"), methods.append(run["method"])
-            states.append(last_state(enc, template, anchor, run["vectors"][enc.name].float()))
-        x = torch.stack(states).double()
-        centre = x[:n_words].mean(dim=0)
-        _, _, v = torch.linalg.svd(x[:n_words] - centre, full_matrices=False)
-        xy = (x - centre) @ v[:2].T
-        for label, kind, method, (a, b) in zip(labels, kinds, methods, xy.tolist()):
-            out.append({"encoder": enc.name, "label": label, "kind": kind, "method": method, "pc1": a, "pc2": b})
+            points.append((run["run"], "learned", run["method"],
+                           last_state(enc, template, anchor, run["vectors"][enc.name].float())))
+        states = torch.stack([state for *_, state in points]).double()
+        centre = states[:n_words].mean(dim=0)
+        _, _, components = torch.linalg.svd(states[:n_words] - centre, full_matrices=False)  # rows: the words' PCs
+        coords = (states - centre) @ components[:2].T
+        for (label, kind, method, _), (pc1, pc2) in zip(points, coords.tolist()):
+            out.append({"encoder": enc.name, "label": label, "kind": kind, "method": method, "pc1": pc1, "pc2": pc2})
     return pd.DataFrame(out, columns=["encoder", "label", "kind", "method", "pc1", "pc2"])
 
 
@@ -78,13 +75,14 @@ def plot(df: pd.DataFrame, out_dir: Path):
     encoders = list(dict.fromkeys(df["encoder"]))
     fig, axes = plt.subplots(1, len(encoders), figsize=(5.5 * len(encoders), 4.4), squeeze=False)
     for ax, enc in zip(axes[0], encoders):
-        d = df[df["encoder"] == enc]
+        panel = df[df["encoder"] == enc]
         for kind, colour in (("related", "tab:green"), ("unrelated", "0.5")):
-            w = d[d["kind"] == kind]
-            ax.scatter(w["pc1"], w["pc2"], s=14, color=colour, label=f"{kind} words")
-            for r in w.itertuples():
-                ax.annotate(r.label, (r.pc1, r.pc2), fontsize=7, color=colour, xytext=(2, 2), textcoords="offset points")
-        for method, g in d[d["kind"] == "learned"].groupby("method"):
+            group = panel[panel["kind"] == kind]
+            ax.scatter(group["pc1"], group["pc2"], s=14, color=colour, label=f"{kind} words")
+            for r in group.itertuples():
+                ax.annotate(r.label, (r.pc1, r.pc2), fontsize=7, color=colour, xytext=(2, 2),
+                            textcoords="offset points")
+        for method, g in panel[panel["kind"] == "learned"].groupby("method"):
             ax.scatter(g["pc1"], g["pc2"], s=60, marker="*", color=METHOD_COLOURS.get(method), label=method)
         ax.set_xlabel("principal component 1 (of the words)")
         ax.set_ylabel("principal component 2")

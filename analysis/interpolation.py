@@ -15,11 +15,8 @@ Outputs: ``interpolation.csv`` (tidy: t, mode, template, seed, metric, against, 
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import hashlib
 import json
 import math
-import shutil
 import sys
 import textwrap
 from pathlib import Path
@@ -29,10 +26,10 @@ import pandas as pd
 import torch
 from PIL import Image
 
-from analysis.common import run_method, save_figure, write_csv
-from dti.embeddings import read_run, write_embedding_files
-from dti.families import placeholder_tokens
-from dti.io import DTIError, write_json
+from analysis.common import save_figure, write_csv
+from dti.embeddings import read_run, run_method
+from dti.families import FAMILIES, placeholder_tokens
+from dti.io import DTIError, content_digest, write_json
 from dti.metrics import parse_model_ids
 
 MODES = ("slerp", "lerp")
@@ -139,23 +136,22 @@ def write_interpolated_runs(run_a, run_b, ts, out_dir, mode: str | None = None,
     if len(set(labels)) != len(labels):
         raise DTIError(f"interpolation points repeat: {', '.join(labels)}")
     norms = _slerp_norms(rec_a, rec_b) if mode == "slerp" else [None] * len(rows_a)
-    cfg = rec_a["config"]
+    source_cfg = rec_a["config"]  # the training configuration of run a, which every point inherits
     sources = [str(Path(run_a).resolve()), str(Path(run_b).resolve())]
     out = []
     for t, label in zip(ts, labels):
         rows = [interpolate_vectors(a, b, t, mode, n) for a, b, n in zip(rows_a, rows_b, norms)]
         placeholder = t_placeholder(rec_a["tokens"][0], t) if own_placeholders else rec_a["tokens"][0]
         tokens = placeholder_tokens(placeholder, rows[0].shape[0]) if own_placeholders else rec_a["tokens"]
-        digest = hashlib.sha256(b"".join(r.float().contiguous().numpy().tobytes() for r in rows)).hexdigest()
         run_dir = Path(out_dir) / f"t_{label}"
-        meta = {"method": "interpolation", "family": cfg["family"], "base_model": cfg["model"],
+        meta = {"method": "interpolation", "family": source_cfg["family"], "base_model": source_cfg["model"],
                 "placeholder": placeholder, "tokens": json.dumps(tokens), "run_a": sources[0], "run_b": sources[1],
                 "t": label, "mode": mode}
-        write_embedding_files(run_dir, cfg["family"], placeholder, rows, meta)
-        record = {**rec_a, "config": {**cfg, "placeholder": placeholder}, "tokens": tokens,
+        FAMILIES[source_cfg["family"]].write_embedding_files(run_dir, placeholder, rows, meta)
+        record = {**rec_a, "config": {**source_cfg, "placeholder": placeholder}, "tokens": tokens,
                   "method": "interpolation", "source_runs": sources, "t": t, "mode": mode, "status": "complete",
                   "final_norms": {e: r.norm(dim=1).tolist() for e, r in zip(rec_a["encoders"], rows)},
-                  "vectors_sha256": digest}
+                  "vectors_sha256": content_digest(rows)}
         if mode == "slerp":  # per encoder: the m* the path keeps, or "blend" (linear blend of the two lengths)
             record["slerp_norms"] = {e: "blend" if n is None else n for e, n in zip(rec_a["encoders"], norms)}
         write_json(record, run_dir / "run.json")
@@ -193,11 +189,11 @@ def interpolation(run_a, run_b, ts, templates, seeds, class_noun_a: str, class_n
     (default ``out_dir/tables``), the figures to ``figures`` (default ``out_dir/figures``).
     Returns the tidy score table.
     """
+    from dti.devices import resolve_device
     from dti.metrics import METRICS, Backbones, score_images
-    from dti.sample import SampleConfig, load_pipeline, sample
-    from dti.train import resolve_device
+    from dti.sample import SampleConfig, sample
 
-    cfg = sample_cfg or SampleConfig()
+    sample_cfg = sample_cfg or SampleConfig()
     out_dir = Path(out_dir)
     figures = Path(figures) if figures else out_dir / "figures"
     tables = Path(tables) if tables else out_dir / "tables"
@@ -225,25 +221,17 @@ def interpolation(run_a, run_b, ts, templates, seeds, class_noun_a: str, class_n
     manifests = {}
     for run_dir in run_dirs:
         t_run, _ = read_run(run_dir)
-        folder = out_dir / "images" / run_dir.name
-        # A rerun keeps intact images (dti.sample resumes); they are only valid for the same
-        # vectors and sampling settings, so a changed point starts its folder afresh.
-        key = hashlib.sha256(json.dumps([t_run["vectors_sha256"], model, dataclasses.asdict(cfg)],
-                                        sort_keys=True).encode()).hexdigest()
-        key_file = folder / "interpolation_key.txt"
-        if folder.exists() and (not key_file.is_file() or key_file.read_text().strip() != key):
-            shutil.rmtree(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        key_file.write_text(key + "\n")
-        pipe = pipe or load_pipeline(model, family, cfg)
-        manifests[t_run["t"]] = sample(run_dir, folder, SUBJECT, nouns["a"], templates, seeds, "interpolation",
-                                       cfg, pipe=pipe)
+        pipe = pipe or FAMILIES[family].load_pipeline(model, *sample_cfg.placement())
+        # A rerun keeps a point's intact images only if its vectors, the model, the prompts and the
+        # settings are those they were made from: dti.sample checks its own stamp (sample.json).
+        manifests[t_run["t"]] = sample(run_dir, out_dir / "images" / run_dir.name, SUBJECT, nouns["a"], templates,
+                                       seeds, "interpolation", sample_cfg, pipe=pipe)
     del pipe
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
 
     backbones = Backbones([image_metric, text_metric], model_ids=metric_ids,
-                          device=str(resolve_device(cfg.device)), batch_size=batch_size)
+                          device=str(resolve_device(sample_cfg.device)), batch_size=batch_size)
     rows = []
     for t, manifest in manifests.items():
         frame = pd.read_csv(manifest, keep_default_na=False)
@@ -333,7 +321,7 @@ def main(argv=None) -> int:
     parser.add_argument("--mode", choices=MODES, help="default: slerp for two DTI runs, lerp otherwise")
     parser.add_argument("--prompts", default="dti_simple",
                         help="a text file with one template per line ({} marks the concept), or a prompt set name")
-    parser.add_argument("--prompts-file", help="prompt sets JSON (default: experiments/dreambooth/prompt_sets.json)")
+    parser.add_argument("--prompts-file", help="prompt sets JSON (default: dti/resources/dreambooth/prompt_sets.json)")
     parser.add_argument("--live", action="store_true", help="use the prompt set's live-subject list")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="seeds (default 0)")
     parser.add_argument("--references-a", required=True, help="folder of concept a's reference images")

@@ -98,9 +98,9 @@ def probe_encoder(enc, runs: list[dict], scales=SCALES, seed: int = 0, n_train: 
     probe = train_probe(*normalised_inputs(train_rows, positions, ln), n_pos, seed, **probe_kwargs)
     out = []
     unit = test_rows / test_rows.norm(dim=1, keepdim=True)
-    for s in scales:
-        acc = accuracy(probe, *normalised_inputs(unit * (s * mean), positions, ln))
-        out.append(dict(encoder=enc.name, condition="vocabulary", scale=float(s), method="", run="",
+    for scale in scales:
+        acc = accuracy(probe, *normalised_inputs(unit * (scale * mean), positions, ln))
+        out.append(dict(encoder=enc.name, condition="vocabulary", scale=float(scale), method="", run="",
                          vector=np.nan, accuracy=acc, chance=chance))
     for run in runs:
         vectors = run["vectors"].get(enc.name)
@@ -130,17 +130,18 @@ def plot_probe(df: pd.DataFrame, out_dir: Path, name: str = "positional_probe"):
     encoders = list(dict.fromkeys(df["encoder"]))
     fig, axes = plt.subplots(1, len(encoders), figsize=(4.6 * len(encoders), 3.6), squeeze=False)
     for ax, enc in zip(axes[0], encoders):
-        d = df[df["encoder"] == enc]
+        panel = df[df["encoder"] == enc]
         ax.set_title(enc)
-        if (d["condition"] == NOT_APPLICABLE).any():
+        if (panel["condition"] == NOT_APPLICABLE).any():
             ax.text(0.5, 0.5, "not applicable:\nrotary positions,\nno additive position embedding",
                     ha="center", va="center", transform=ax.transAxes)
             ax.set_axis_off()
             continue
-        vocab = d[d["condition"] == "vocabulary"]
+        vocab = panel[panel["condition"] == "vocabulary"]
         ax.plot(vocab["scale"], vocab["accuracy"], "o-", color="0.2", label="vocabulary directions")
         ax.axhline(vocab["chance"].iloc[0], color="0.6", ls=":", lw=1, label="chance")
-        for (method, condition), g in d[d["condition"].str.startswith("learned")].groupby(["method", "condition"]):
+        learned = panel[panel["condition"].str.startswith("learned")]
+        for (method, condition), g in learned.groupby(["method", "condition"]):
             trained = condition == "learned"
             colour = METHOD_COLOURS.get(method)
             ax.scatter(g["scale"], g["accuracy"], marker="D" if trained else "s", s=36, zorder=3,

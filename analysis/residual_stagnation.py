@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from analysis.common import METHOD_COLOURS, learned_vectors, load_text_encoders, read_record, save_figure, write_csv
+from analysis.common import METHOD_COLOURS, learned_vectors, load_text_encoders, save_figure, write_csv
 from dti.families import vocab_norm_stats
 
 SCALES = (0.5, 1, 2, 4, 8, 16)
@@ -48,20 +48,26 @@ def residual_updates(model: torch.nn.Module) -> tuple[list[torch.nn.Module], lis
     raise ValueError(f"{type(model).__name__}: no known residual layout (CLIP encoder or Gemma-2 decoder)")
 
 
-def prompt_with_slots(tokenizer, template: str, word: str, k: int) -> tuple[list[int], list[int]]:
-    """Token ids of ``template`` with ``word`` in it, its tokens replaced by ``k`` slots, and the slots' positions.
+def word_tokens(tokenizer, template: str, word: str) -> tuple[list[int], list[int]]:
+    """Token ids of ``template`` with ``word`` in it, and the positions of the word's tokens.
 
     The word's tokens are found by character offsets, because a tokenizer may split a word
     differently alone than after a space (SentencePiece's ``▁dog`` vs ``d o g``).
     """
     start = template.index("{}")
-    span = (start, start + len(word))
-    enc = tokenizer(template.format(word), return_offsets_mapping=True)
-    ids, offsets = enc["input_ids"], enc["offset_mapping"]
-    hits = [i for i, (a, b) in enumerate(offsets) if b > a and a < span[1] and b > span[0]]
-    if not hits:
+    end = start + len(word)
+    encoded = tokenizer(template.format(word), return_offsets_mapping=True)
+    positions = [i for i, (tok_start, tok_end) in enumerate(encoded["offset_mapping"])
+                 if tok_end > tok_start and tok_start < end and tok_end > start]
+    if not positions:
         raise ValueError(f"{word!r} has no tokens in {template.format(word)!r}")
-    first, last = hits[0], hits[-1]
+    return encoded["input_ids"], positions
+
+
+def prompt_with_slots(tokenizer, template: str, word: str, k: int) -> tuple[list[int], list[int]]:
+    """Token ids of ``template`` with ``word`` in it, its tokens replaced by ``k`` slots, and the slots' positions."""
+    ids, positions = word_tokens(tokenizer, template, word)
+    first, last = positions[0], positions[-1]
     # The slots keep the word's first token id; the hook replaces their rows anyway.
     return ids[:first] + [ids[first]] * k + ids[last + 1:], list(range(first, first + k))
 
@@ -75,13 +81,13 @@ def trace(enc, ids: list[int], rows: torch.Tensor, positions: list[int]) -> dict
     model = enc.model
     layers, added = residual_updates(model)
     embed = model.get_input_embeddings()
-    scale = getattr(embed, "scalar_embed_scale", 1.0)  # Gemma-2 scales rows inside its embedding module
+    embed_scale = getattr(embed, "scalar_embed_scale", 1.0)  # Gemma-2 scales rows inside its embedding module
     pos = torch.tensor(positions)
     seen: dict[str, list] = {"x0": [], "outputs": [], "updates": []}
 
     def put_rows(_module, _args, out):
         out = out.clone()
-        out[0, pos] = (rows * scale).to(out.dtype)
+        out[0, pos] = (rows * embed_scale).to(out.dtype)
         return out
 
     def first_input(_module, args, kwargs):
@@ -110,13 +116,13 @@ def trace(enc, ids: list[int], rows: torch.Tensor, positions: list[int]) -> dict
             "updates": torch.stack(seen["updates"]).reshape(n, 2, len(positions), -1)}
 
 
-def angle_rows(t: dict[str, torch.Tensor], slot: int) -> list[dict]:
-    """Per depth L: the measured angle ∠(x_L, x_0), S_L, and the bound where it applies."""
-    x0 = t["x0"][slot].double()
+def angle_rows(stream: dict[str, torch.Tensor], slot: int) -> list[dict]:
+    """Per depth L: the measured angle ∠(x_L, x_0), S_L, and the bound where it applies (``stream``: from trace)."""
+    x0 = stream["x0"][slot].double()
     x0_norm = x0.norm().item()
-    update_norms = t["updates"][:, :, slot].double().norm(dim=-1).sum(dim=1).cumsum(0)
+    update_norms = stream["updates"][:, :, slot].double().norm(dim=-1).sum(dim=1).cumsum(0)
     out = []
-    for layer, (x_l, s_l) in enumerate(zip(t["outputs"][:, slot].double(), update_norms.tolist()), start=1):
+    for layer, (x_l, s_l) in enumerate(zip(stream["outputs"][:, slot].double(), update_norms.tolist()), start=1):
         cos = torch.nn.functional.cosine_similarity(x_l, x0, dim=0).clamp(-1, 1).item()
         applicable = x0_norm > s_l
         out.append(dict(layer=layer, x0_norm=x0_norm, S_L=s_l, update_norm=(x_l - x0).norm().item(),
@@ -134,10 +140,10 @@ def stagnation_encoder(enc, runs: list[dict], scales=SCALES, template: str = TEM
     ids, slots = prompt_with_slots(enc.tokenizer, template, initializer, 1)
     direction = table[ids[slots[0]]] / table[ids[slots[0]]].norm()
     out = []
-    for s in scales:
-        for r in angle_rows(trace(enc, ids, (direction * (s * mean))[None], slots), 0):
-            out.append(dict(encoder=enc.name, condition="sweep_initializer_direction", scale=float(s), method="",
-                            run="", vector=0, position=slots[0], token_norm=s * mean, **r))
+    for scale in scales:
+        for r in angle_rows(trace(enc, ids, (direction * (scale * mean))[None], slots), 0):
+            out.append(dict(encoder=enc.name, condition="sweep_initializer_direction", scale=float(scale), method="",
+                            run="", vector=0, position=slots[0], token_norm=scale * mean, **r))
     for run in runs:
         vectors = run["vectors"].get(enc.name)
         if vectors is None:
@@ -147,9 +153,9 @@ def stagnation_encoder(enc, runs: list[dict], scales=SCALES, template: str = TEM
             raise ValueError(f"run {run['run']}: {enc.name} vectors have width {vectors.shape[1]}, "
                              f"the encoder {table.shape[1]}; was it trained on another model?")
         run_ids, run_slots = prompt_with_slots(enc.tokenizer, template, run["initializer"], len(vectors))
-        t = trace(enc, run_ids, vectors, run_slots)
+        stream = trace(enc, run_ids, vectors, run_slots)
         for j, v in enumerate(vectors):
-            for r in angle_rows(t, j):
+            for r in angle_rows(stream, j):
                 out.append(dict(encoder=enc.name, condition="learned", scale=v.norm().item() / mean,
                                 method=run["method"], run=run["run"], vector=j, position=run_slots[j],
                                 token_norm=v.norm().item(), **r))
@@ -161,8 +167,6 @@ def stagnation_model(model: str, run_dirs=(), scales=SCALES, template: str = TEM
     """The tidy table of every text encoder of a pipeline (``encoders``: already loaded ones)."""
     encoders = encoders if encoders is not None else load_text_encoders(model)
     runs = learned_vectors(run_dirs) if run_dirs else []
-    for run, run_dir in zip(runs, sorted(Path(r) for r in run_dirs)):
-        run["initializer"] = read_record(run_dir)["config"]["initializer"]
     rows = [r for enc in encoders for r in stagnation_encoder(enc, runs, scales, template, initializer)]
     return pd.DataFrame(rows, columns=COLUMNS).astype({"vector": "Int64"})
 
@@ -173,11 +177,11 @@ def plot_stagnation(df: pd.DataFrame, out_dir: Path, name: str = "residual_stagn
     encoders = list(dict.fromkeys(last["encoder"]))
     fig, axes = plt.subplots(1, len(encoders), figsize=(4.6 * len(encoders), 3.6), squeeze=False)
     for ax, enc in zip(axes[0], encoders):
-        d = last[last["encoder"] == enc]
-        sweep = d[d["condition"] == "sweep_initializer_direction"]
+        panel = last[last["encoder"] == enc]
+        sweep = panel[panel["condition"] == "sweep_initializer_direction"]
         ax.plot(sweep["scale"], sweep["angle_deg"], "o-", color="0.2", label="measured angle")
         ax.plot(sweep["scale"], sweep["bound_deg"], "--", color="0.5", label="bound arcsin(S_L/|x_0|)")
-        for method, g in d[d["condition"] == "learned"].groupby("method"):
+        for method, g in panel[panel["condition"] == "learned"].groupby("method"):
             colour = METHOD_COLOURS.get(method)
             ax.scatter(g["scale"], g["angle_deg"], marker="D", s=36, color=colour, zorder=3, label=f"{method} angle")
             if g["bound_deg"].isna().all():
@@ -188,7 +192,7 @@ def plot_stagnation(df: pd.DataFrame, out_dir: Path, name: str = "residual_stagn
         ax.set_ylim(bottom=0)
         ax.set_xlabel("token norm / vocabulary mean norm")
         ax.set_ylabel("angle between x_L and x_0 (degrees)")
-        ax.set_title(f"{enc} (L = {int(d['layer'].max())})")
+        ax.set_title(f"{enc} (L = {int(panel['layer'].max())})")
         ax.legend(fontsize=7)
     save_figure(fig, out_dir, name,
                 "Angle between the placeholder's hidden state after the last encoder layer and its input, against "

@@ -8,20 +8,20 @@ their cosine to the initial embedding and to the initializer word's row.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from analysis.common import METHOD_COLOURS, run_label, run_method, save_figure, write_csv
+from analysis.common import METHOD_COLOURS, read_record, run_label, save_figure, write_csv
+from dti.embeddings import run_method
 
 
 def load_logs(run_dirs: list[Path]) -> tuple[pd.DataFrame, dict]:
     """All trained runs' logs as one tidy frame, and each encoder's vocabulary norm statistics."""
     frames, vocab = [], {}
     for run in sorted(Path(r) for r in run_dirs):
-        record = json.loads((run / "run.json").read_text())
+        record = read_record(run)
         for enc, stats in record["vocab_norms"].items():
             vocab.setdefault(enc, stats)
         log = run / "train_log.csv"
@@ -40,7 +40,7 @@ def load_logs(run_dirs: list[Path]) -> tuple[pd.DataFrame, dict]:
 def final_norms(run_dirs: list[Path]) -> pd.DataFrame:
     rows = []
     for run in sorted(Path(r) for r in run_dirs):
-        record = json.loads((run / "run.json").read_text())
+        record = read_record(run)
         for enc, norms in record["final_norms"].items():
             mean = record["vocab_norms"][enc]["mean"]
             for j, n in enumerate(norms):

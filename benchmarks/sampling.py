@@ -22,7 +22,8 @@ from PIL import Image
 
 from dti.data import read_prompt_set, read_subjects
 from dti.embeddings import read_run
-from dti.sample import SampleConfig, load_pipeline, sample
+from dti.families import FAMILIES
+from dti.sample import SampleConfig, sample
 
 WORLD = Path("experiments/mini/world")
 
@@ -43,7 +44,8 @@ def main(argv=None):
         cfg = SampleConfig(steps=25, guidance_scale=4.0, device="cpu", batch_size=batch)
         best = float("inf")
         for _ in range(2):
-            pipe = load_pipeline(record["config"]["model"], "sd", cfg)  # fresh: the concept is added to it
+            # fresh for each run: the concept is added to it
+            pipe = FAMILIES["sd"].load_pipeline(record["config"]["model"], *cfg.placement())
             with tempfile.TemporaryDirectory() as tmp:
                 start = time.perf_counter()
                 sample(args.run, tmp, subject, class_noun, templates, [0, 1], "mini", cfg, pipe=pipe)

@@ -18,7 +18,7 @@ interquartile range, the ratio of the DTI and TI medians, and the median, quarti
 drifts of the machine's load).
 
 Shapes:
-  tiny  (default) the random-weight tiny SD, SDXL and SANA pipelines of dti.tiny, built
+  tiny  (default) the random-weight tiny SD, SDXL and SANA pipelines of tests/tiny.py, built
         into a temporary folder and run on the CPU at 64 px (SANA's DC-AE has 32 px per
         latent, so its latent is 2 x 2).
   real  random-weight SDXL base 1.0 (768 px) and SANA 1.5 1.6B / 4.8B (1024 px) at their
@@ -65,7 +65,7 @@ if str(ROOT) not in sys.path:
 from dti.config import TrainConfig  # noqa: E402
 from dti.data import draw_batch, list_images  # noqa: E402
 from dti.families import FAMILIES  # noqa: E402
-from dti.train import Trainer  # noqa: E402
+from dti.train import Trainer, resolve_config  # noqa: E402
 from diffusers.utils import logging as diffusers_logging  # noqa: E402
 from transformers.utils import logging as transformers_logging  # noqa: E402
 
@@ -201,8 +201,9 @@ def count_real_params() -> list[dict]:
 def real_families(label: str, cfgs: dict, device: torch.device, dtype: torch.dtype) -> tuple[dict, dict]:
     """One family adapter per method, each with its own text encoders, tokenizers and VAE (a family
     wraps its encoders' input embeddings), all sharing one denoiser. Built directly on ``device``."""
-    from diffusers import EulerDiscreteScheduler, FlowMatchEulerDiscreteScheduler, SanaPipeline, StableDiffusionXLPipeline
-    from dti.tiny import clip_tokenizer, gemma_tokenizer
+    from diffusers import (EulerDiscreteScheduler, FlowMatchEulerDiscreteScheduler, SanaPipeline,
+                           StableDiffusionXLPipeline)
+    from tests.tiny import clip_tokenizer, gemma_tokenizer
 
     family_name = REAL[label][0]
     sizes = {}
@@ -257,14 +258,15 @@ def make_cfg(method: str, family: str, model: str, images: Path, resolution: int
              device: str, seed: int) -> TrainConfig:
     cfg = TrainConfig(method=method, model=model, family=family, images=str(images), placeholder=PLACEHOLDER,
                       initializer=INITIALIZER, device=device, seed=seed, checkpoint_every=0)
-    return cfg.set([f"resolution={resolution}", f"batch_size={batch}", f"grad_accum={accum}"]).resolved()
+    return resolve_config(cfg.set([f"resolution={resolution}", f"batch_size={batch}", f"grad_accum={accum}"]))
 
 
 def floor_fn(trainer: Trainer):
     """Denoiser forward + backward w.r.t. fixed text conditioning (leaf tensors), grad_accum micro-batches."""
     cfg, family = trainer.cfg, trainer.family
     batch = draw_batch(trainer.latents, trainer.sizes, trainer.templates, trainer.token_string, cfg.batch_size,
-                       cfg.resolution // trainer.ppl, trainer.ppl, torch.Generator().manual_seed(cfg.seed + 1))
+                       cfg.resolution // trainer.pixels_per_latent, trainer.pixels_per_latent,
+                       torch.Generator().manual_seed(cfg.seed + 1))
     with torch.no_grad():
         family.set_rows(trainer.method.embeddings())
         cond = family.encode_prompts(batch["prompts"])
@@ -335,7 +337,7 @@ def run_config(label: str, shapes: str, args, workdir: Path, device: torch.devic
     images = write_images(workdir / f"images_{resolution}", resolution, args.seed)
     t0 = time.perf_counter()
     if shapes == "tiny":
-        from dti import tiny
+        from tests import tiny
         model = str(getattr(tiny, f"build_{family_name}")(workdir / f"tiny_{family_name}"))
         cfgs = {m: make_cfg(m, family_name, model, images[0].parent, resolution, batch, args.grad_accum,
                             device.type, args.seed) for m in METHODS}
@@ -363,7 +365,7 @@ def run_config(label: str, shapes: str, args, workdir: Path, device: torch.devic
         torch.cuda.reset_peak_memory_stats()
     result = measure(fns, args.steps, args.warmup, args.block, device.type == "cuda")
     cfg = cfgs["ti"]
-    ppl = trainers["ti"].ppl
+    ppl = trainers["ti"].pixels_per_latent
     result.update({
         "config": label, "shapes": shapes, "family": family_name, "batch_size": batch, "grad_accum": cfg.grad_accum,
         "resolution": resolution, "latent": [int(trainers["ti"].latents[0].shape[0]), resolution // ppl,
@@ -437,8 +439,8 @@ def print_table(results: list[dict]):
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shapes", choices=("tiny", "real"), default="tiny",
-                        help="tiny: dti.tiny pipelines on the CPU (default); real: random-weight SDXL and SANA 1.5 "
-                             "at their real shapes on a CUDA GPU")
+                        help="tiny: tests/tiny.py pipelines on the CPU (default); real: random-weight SDXL and SANA "
+                             "1.5 at their real shapes on a CUDA GPU")
     parser.add_argument("--families", default=None,
                         help="comma-separated configurations. tiny: sd,sdxl,sana (default all three); real: sdxl, "
                              "sana-1.6b, sana-4.8b, or sana for both SANA sizes (default sdxl,sana)")
@@ -454,7 +456,8 @@ def parse_args(argv=None):
                         help="micro-batches per step for every configuration (default 1; SANA's protocol uses 2)")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch.set_num_threads (default: all cores, os.cpu_count())")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the reference images and of the training draws (default 0)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed of the reference images and of the training draws (default 0)")
     parser.add_argument("--out", metavar="FILE.json", help="also write the results and the machine description as JSON")
     parser.add_argument("--param-count", action="store_true",
                         help="build the real-shape text encoders and denoisers on the meta device, print their "

@@ -53,7 +53,8 @@ def summarize(scores: pd.DataFrame, subjects: list[str] | None = None, n_boot: i
             **dict(zip(keys, key)),
             "mean": float(strict.mean()) if len(strict) and not np.isnan(strict).any() else float("nan"),
             "ci_low": low, "ci_high": high,
-            "mean_available": float(np.nanmean(by_subject["mean_available"])) if g["mean_available"].notna().any() else float("nan"),
+            "mean_available": (float(np.nanmean(by_subject["mean_available"])) if g["mean_available"].notna().any()
+                               else float("nan")),
             "n_subjects": int(by_subject["mean"].notna().sum()), "n_expected_subjects": len(expected),
             "missing_subjects": " ".join(missing),
             "n_images": int(g["n_images"].sum()), "n_missing_images": int(g["n_missing"].sum()),

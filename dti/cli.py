@@ -8,7 +8,7 @@ import sys
 
 from .config import TrainConfig
 from .io import DTIError
-from .methods import METHODS
+from .methods import trained_methods
 from .sample import SampleConfig
 
 
@@ -23,33 +23,34 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m dti", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    t = sub.add_parser("train", help="learn a concept's embedding", epilog=_fields_help(TrainConfig),
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
-    t.add_argument("--model", required=True, help="base pipeline: hub id or local diffusers directory")
-    t.add_argument("--method", required=True, choices=sorted(METHODS), help="ti, crossinit or dti")
-    t.add_argument("--images", required=True, help="folder of the subject's reference images")
-    t.add_argument("--placeholder", required=True, help="new token for the subject, e.g. <sks>")
-    t.add_argument("--initializer", required=True, help="word(s) whose rows initialise the vectors")
-    t.add_argument("--steps", type=int, help="optimisation steps (default: the family's protocol)")
-    t.add_argument("--out", required=True, help="run directory to write")
-    t.add_argument("--seed", type=int, default=42, help="seed of every random draw (default 42)")
-    t.add_argument("--resume", action="store_true",
-                   help="continue the run in --out from its last checkpoint (from step 0 if its base model or photos "
-                        "changed since)")
-    t.add_argument("--set", dest="assignments", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a configuration key (repeatable; keys listed below)")
+    train = sub.add_parser("train", help="learn a concept's embedding", epilog=_fields_help(TrainConfig),
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+    train.add_argument("--model", required=True, help="base pipeline: hub id or local diffusers directory")
+    train.add_argument("--method", required=True, choices=trained_methods(),
+                       help=", ".join(trained_methods()))
+    train.add_argument("--images", required=True, help="folder of the subject's reference images")
+    train.add_argument("--placeholder", required=True, help="new token for the subject, e.g. <sks>")
+    train.add_argument("--initializer", required=True, help="word(s) whose rows initialise the vectors")
+    train.add_argument("--steps", type=int, help="optimisation steps (default: the family's protocol)")
+    train.add_argument("--out", required=True, help="run directory to write")
+    train.add_argument("--seed", type=int, default=42, help="seed of every random draw (default 42)")
+    train.add_argument("--resume", action="store_true",
+                       help="continue the run in --out from its last checkpoint (from step 0 if its base model or "
+                            "photos changed since)")
+    train.add_argument("--set", dest="assignments", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a configuration key (repeatable; keys listed below)")
 
-    r = sub.add_parser("rescale", help="TI-rescaled: scale a TI run's vectors to a vocabulary-norm statistic")
-    r.add_argument("--run", required=True, help="finished TI run directory")
-    r.add_argument("--stat", default="mean", help="mean, min, max or a number (default mean)")
-    r.add_argument("--out", required=True, help="directory to write the rescaled run to")
+    rescale = sub.add_parser("rescale", help="TI-rescaled: scale a TI run's vectors to a vocabulary-norm statistic")
+    rescale.add_argument("--run", required=True, help="finished TI run directory")
+    rescale.add_argument("--stat", default="mean", help="mean, min, max or a number (default mean)")
+    rescale.add_argument("--out", required=True, help="directory to write the rescaled run to")
 
     d = sub.add_parser("data", help="fetch and check a benchmark's images")
     d.add_argument("dataset", choices=["dreambooth"], help="which benchmark")
     d.add_argument("--out", required=True, help="folder to create (checked and left as is if it exists)")
     d.add_argument("--from", dest="from_dir", help="an existing copy of the dataset/ folder (offline machines)")
     d.add_argument("--masks", help="reference masks, <subject>/<image stem>.png, copied to OUT/masks")
-    d.add_argument("--subjects-file", help="subjects table (default: the benchmark's, experiments/dreambooth)")
+    d.add_argument("--subjects-file", help="subjects table (default: the DreamBooth benchmark's, in dti/resources)")
 
     s = sub.add_parser("sample", help="generate a run's images for a prompt set", epilog=_fields_help(SampleConfig),
                        formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -57,8 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True, help="folder for the images and manifest.csv")
     s.add_argument("--subject", required=True, help="subject name (looked up in the subjects table)")
     s.add_argument("--prompts", default="dti_simple", help="prompt set: dti_simple (default) or dreambooth")
-    s.add_argument("--prompts-file", help="prompt sets JSON (default: experiments/dreambooth/prompt_sets.json)")
-    s.add_argument("--subjects-file", help="subjects table CSV (default: experiments/dreambooth/subjects.csv)")
+    s.add_argument("--prompts-file", help="prompt sets JSON (default: dti/resources/dreambooth/prompt_sets.json)")
+    s.add_argument("--subjects-file", help="subjects table CSV (default: dti/resources/dreambooth/subjects.csv)")
     s.add_argument("--class-column", default="dti_class", help="subjects-table column with the scoring class noun")
     s.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3], help="seeds (default 0 1 2 3)")
     s.add_argument("--set", dest="assignments", action="append", default=[], metavar="KEY=VALUE",
@@ -68,33 +69,40 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--manifest", required=True, help="manifest.csv written by `dti sample`")
     c.add_argument("--references", required=True, help="folder with one sub-folder of reference images per subject")
     c.add_argument("--out", required=True, help="CSV of per-image scores to write")
-    c.add_argument("--protocol", default="paper", help="paper (DINOv2, SigLIP) or dreambooth (DINO, CLIP-I, CLIP-T, SigLIP cosine)")
+    c.add_argument("--protocol", default="paper",
+                   help="paper (DINOv2, SigLIP), dreambooth (DINO, CLIP-I, CLIP-T, SigLIP cosine) or a plugin's, "
+                        "such as mini (the mini world's evaluator CLIP and attribute read-out)")
     c.add_argument("--metrics", help="comma-separated metric names instead of a protocol")
     c.add_argument("--model-id", action="append", default=[], metavar="BACKBONE=ID",
-                   help="hub id or local path of a backbone (dinov2, dino, clip, siglip); repeatable")
+                   help="hub id or local path of a backbone (dinov2, dino, clip, siglip; the mini world's mini and "
+                        "readout, which have no default); repeatable")
     c.add_argument("--masks", help="reference masks, <subject>/<image stem>.png (default: unmasked)")
-    c.add_argument("--prompt-sets", help="mini world: prompt_sets.json with each prompt's attributes (attribute metrics)")
-    c.add_argument("--subjects", help="mini world: subjects.csv with each subject's class, colour, pattern (attribute metrics)")
+    c.add_argument("--prompt-sets", help="attribute metrics: prompt_sets.json with each prompt's attributes")
+    c.add_argument("--subjects", help="attribute metrics: subjects.csv with each subject's class, colour, pattern")
     c.add_argument("--device", default="auto", help="auto (cuda when present), cpu, cuda, ...")
     c.add_argument("--batch-size", type=int, default=16, help="images per backbone batch")
 
     a = sub.add_parser("aggregate", help="per-subject and summary tables from per-image scores")
     a.add_argument("--scores", nargs="+", required=True, help="CSV files written by `dti score`")
     a.add_argument("--out", required=True, help="folder for per_subject.csv, summary.csv, summary.md")
-    a.add_argument("--subjects-file", help="subjects expected (a missing one makes the mean NaN); default: those present")
+    a.add_argument("--subjects-file",
+                   help="subjects expected (a missing one makes the mean NaN); default: those present")
     a.add_argument("--subject-names", nargs="+", help="subjects expected, by name (instead of --subjects-file)")
 
-    t = sub.add_parser("tables", help="the main or ablation table (CSV, Markdown, LaTeX) from aggregated summaries")
-    t.add_argument("kind", choices=["main", "ablation"])
-    t.add_argument("--summary", required=True,
-                   help="summary.csv of the main methods (for the ablation: its DTI row is the default cell)")
-    t.add_argument("--cell", action="append", default=[], metavar="LABEL=SUMMARY", help="ablation: one cell's summary.csv")
-    t.add_argument("--default-cell", default="rsgd, m*=mean, kappa=0.0001", help="ablation: label of the default DTI row")
-    t.add_argument("--image-metric", required=True)
-    t.add_argument("--text-metric", required=True)
-    t.add_argument("--model-label", default="", help="main: the model's name in the table")
-    t.add_argument("--paper", help="model key of the paper's reported numbers to print beside ours (sdxl, sana_1.6b, ...)")
-    t.add_argument("--out", required=True, help="folder for NAME.csv, NAME.md, NAME.tex")
+    tables = sub.add_parser("tables", help="the main or ablation table (CSV, Markdown, LaTeX) from summaries")
+    tables.add_argument("kind", choices=["main", "ablation"])
+    tables.add_argument("--summary", required=True,
+                        help="summary.csv of the main methods (for the ablation: its DTI row is the default cell)")
+    tables.add_argument("--cell", action="append", default=[], metavar="LABEL=SUMMARY",
+                        help="ablation: one cell's summary.csv")
+    tables.add_argument("--default-cell", default="rsgd, m*=mean, kappa=0.0001",
+                        help="ablation: label of the default DTI row")
+    tables.add_argument("--image-metric", required=True)
+    tables.add_argument("--text-metric", required=True)
+    tables.add_argument("--model-label", default="", help="main: the model's name in the table")
+    tables.add_argument("--paper",
+                        help="model key of the paper's reported numbers to print beside ours (sdxl, sana_1.6b, ...)")
+    tables.add_argument("--out", required=True, help="folder for NAME.csv, NAME.md, NAME.tex")
     return parser
 
 
@@ -135,9 +143,8 @@ def _sample(args):
 
 
 def _score(args):
-    from .io import atomic_path, package_versions, write_json
-    from .metrics import PROTOCOLS, mini_expectations, parse_model_ids, score_manifest
-    from .train import resolve_device
+    from .devices import resolve_device
+    from .metrics import PROTOCOLS, expectations_for, parse_model_ids, score_manifest, write_scores
 
     if args.metrics:
         metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
@@ -148,14 +155,11 @@ def _score(args):
     model_ids = parse_model_ids(args.model_id)
     if bool(args.prompt_sets) != bool(args.subjects):
         raise DTIError("--prompt-sets and --subjects go together")
-    expectations = mini_expectations(args.prompt_sets, args.subjects) if args.prompt_sets else None
+    expectations = expectations_for(metrics, args.prompt_sets, args.subjects) if args.prompt_sets else None
     scores = score_manifest(args.manifest, args.references, metrics, model_ids, str(resolve_device(args.device)),
                             args.batch_size, args.masks, expectations)
-    with atomic_path(args.out) as tmp:
-        scores.to_csv(tmp, index=False)
-    write_json({"manifest": args.manifest, "references": args.references, "metrics": metrics,
-                "model_ids": scores.attrs.get("model_ids", model_ids), "masks": args.masks, "versions": package_versions()},
-               f"{args.out}.json")
+    write_scores(scores, args.out, {"manifest": args.manifest, "references": args.references, "metrics": metrics,
+                                    "masks": args.masks})
     return args.out
 
 

@@ -1,8 +1,9 @@
 """Training configuration: one dataclass whose fields carry their help text.
 
 A field left at ``None`` takes its value from the model family's protocol defaults
-(``FAMILY_DEFAULTS``, the authors' launchers as recorded in the paper's spec) and
-then from the method's (``METHOD_DEFAULTS``). ``--set key=value`` overrides any field.
+(``Family.train_defaults``, the authors' launchers as recorded in the paper's spec) and then
+from the method's (``Method.defaults``); ``dti.train.resolve_config`` fills them in.
+``--set key=value`` overrides any field.
 """
 
 from __future__ import annotations
@@ -13,54 +14,61 @@ from dataclasses import dataclass, field
 from .io import DTIError
 
 
-def _f(default, help: str):
+def option(default, help: str):
+    """A dataclass field with its help text (listed by ``--help``)."""
     return field(default=default, metadata={"help": help})
 
 
 @dataclass
 class TrainConfig:
     # what to learn
-    method: str = _f("dti", "Method: ti, crossinit or dti (TI-rescaled is made by `dti rescale`).")
-    model: str = _f("", "Base pipeline: a hub id or a local diffusers directory.")
-    family: str | None = _f(None, "Pipeline family: sd, sdxl or sana (read from model_index.json when unset).")
-    images: str = _f("", "Folder of the subject's reference images.")
-    placeholder: str = _f("", "New token that stands for the subject, e.g. <sks>.")
-    initializer: str = _f("", "Word(s) whose embedding rows initialise the learned vectors, one vector per token.")
-    templates: str = _f("object", "Key of the training prompt templates in dti/resources/training_templates.json.")
+    method: str = option("dti", "Method: ti, crossinit or dti (TI-rescaled is made by `dti rescale`).")
+    model: str = option("", "Base pipeline: a hub id or a local diffusers directory.")
+    family: str | None = option(None, "Pipeline family: sd, sdxl or sana (read from model_index.json when unset).")
+    images: str = option("", "Folder of the subject's reference images.")
+    placeholder: str = option("", "New token that stands for the subject, e.g. <sks>.")
+    initializer: str = option("", "Word(s) whose embedding rows initialise the learned vectors, one vector per token.")
+    templates: str = option("object", "Key of the training prompt templates in dti/resources/training_templates.json.")
     # schedule
-    steps: int | None = _f(None, "Optimisation steps (SD/SDXL 400, SANA 500).")
-    lr: float | None = _f(None, "Effective learning rate, used as is (no scaling by batch size): DTI 0.04, TI/CrossInit 0.02.")
-    batch_size: int | None = _f(None, "Images per micro-batch (SD/SDXL 4, SANA 2).")
-    grad_accum: int | None = _f(None, "Micro-batches accumulated per step (SD/SDXL 1, SANA 2).")
-    resolution: int | None = _f(None, "Training crop size in pixels (SD 512, SDXL 768, SANA 1024).")
-    seed: int = _f(42, "Seed of every random draw in training.")
+    steps: int | None = option(None, "Optimisation steps (SD/SDXL 400, SANA 500).")
+    lr: float | None = option(None, "Effective learning rate, used as is (no scaling by batch size): DTI 0.04, "
+                                    "TI/CrossInit 0.02.")
+    batch_size: int | None = option(None, "Images per micro-batch (SD/SDXL 4, SANA 2).")
+    grad_accum: int | None = option(None, "Micro-batches accumulated per step (SD/SDXL 1, SANA 2).")
+    resolution: int | None = option(None, "Training crop size in pixels (SD 512, SDXL 768, SANA 1024).")
+    seed: int = option(42, "Seed of every random draw in training.")
     # AdamW (TI, CrossInit, and DTI with direction_optimizer=adamw)
-    weight_decay: float | None = _f(None, "AdamW weight decay (SD/SDXL 1e-2, SANA 0); no effect on a direction retracted to the sphere.")
-    adam_beta1: float = _f(0.9, "AdamW beta1.")
-    adam_beta2: float = _f(0.999, "AdamW beta2.")
-    adam_eps: float = _f(1e-8, "AdamW epsilon.")
+    weight_decay: float | None = option(None, "AdamW weight decay (SD/SDXL 1e-2, SANA 0); no effect on a direction "
+                                              "retracted to the sphere.")
+    adam_beta1: float = option(0.9, "AdamW beta1.")
+    adam_beta2: float = option(0.999, "AdamW beta2.")
+    adam_eps: float = option(1e-8, "AdamW epsilon.")
     # CrossInit
-    crossinit_lambda: float = _f(1e-5, "CrossInit: weight of the MSE between the learned vector and its initial value.")
+    crossinit_lambda: float = option(1e-5, "CrossInit: weight of the MSE between the learned vector and its initial "
+                                           "value.")
     # DTI
-    m_star: str = _f("mean", "DTI: fixed norm, a statistic of the vocabulary row norms (mean, min, max) or a number.")
-    kappa: float | None = _f(None, "DTI: concentration of the vMF prior around the initializer direction (SD/SDXL 1e-4, SANA 5e-5).")
-    beta: float = _f(0.0, "DTI: EMA factor of the squared gradient norm used to normalise the step (0: unit steps).")
-    direction_optimizer: str = _f("rsgd", "DTI: rsgd (Riemannian SGD) or adamw (AdamW on v, retracted to the sphere after each step; ablation).")
+    m_star: str = option("mean", "DTI: fixed norm, a statistic of the vocabulary row norms (mean, min, max) or a "
+                                 "number.")
+    kappa: float | None = option(None, "DTI: concentration of the vMF prior around the initializer direction (SD/SDXL "
+                                       "1e-4, SANA 5e-5).")
+    beta: float = option(0.0, "DTI: EMA factor of the squared gradient norm used to normalise the step (0: unit "
+                              "steps).")
+    direction_optimizer: str = option("rsgd", "DTI: rsgd (Riemannian SGD) or adamw (AdamW on v, retracted to the "
+                                              "sphere after each step; ablation).")
     # execution
-    device: str = _f("auto", "Torch device: auto (cuda when present), cpu, cuda, cuda:1, ...")
-    mixed_precision: str = _f("bf16", "Dtype of the frozen modules on a GPU: bf16, fp16 or no. Learned rows stay float32; on CPU everything is float32.")
-    complex_human_instruction: bool = _f(False, "SANA: prepend the pipeline's complex-human-instruction prefix while training (off in the paper).")
-    max_sequence_length: int = _f(300, "SANA: text tokens kept (BOS + the last max_sequence_length - 1), as the pipeline encodes.")
-    checkpoint_every: int = _f(100, "Save a resumable checkpoint every N steps (0: only at the end).")
+    device: str = option("auto", "Torch device: auto (cuda when present), cpu, cuda, cuda:1, ...")
+    mixed_precision: str = option("bf16", "Dtype of the frozen modules on a GPU: bf16, fp16 or no. Learned rows stay "
+                                          "float32; on CPU everything is float32.")
+    complex_human_instruction: bool = option(False, "SANA: prepend the pipeline's complex-human-instruction prefix "
+                                                    "while training (off in the paper).")
+    max_sequence_length: int = option(300, "SANA: text tokens kept (BOS + the last max_sequence_length - 1), as the "
+                                           "pipeline encodes.")
+    checkpoint_every: int = option(100, "Save a resumable checkpoint every N steps (0: only at the end).")
 
-    def resolved(self) -> "TrainConfig":
-        """A copy with every ``None`` filled from the family's and the method's defaults, validated."""
-        if self.family not in FAMILY_DEFAULTS:
-            raise DTIError(f"unknown family {self.family!r}; choose one of {sorted(FAMILY_DEFAULTS)}")
-        if self.method not in METHOD_DEFAULTS:
-            raise DTIError(f"unknown method {self.method!r}; choose one of {sorted(METHOD_DEFAULTS)}")
+    def resolved(self, *defaults: dict) -> "TrainConfig":
+        """A copy with every ``None`` filled from ``defaults`` (the first that has the key), validated."""
         values = dataclasses.asdict(self)
-        for source in (FAMILY_DEFAULTS[self.family], METHOD_DEFAULTS[self.method]):
+        for source in defaults:
             for key, value in source.items():
                 if values[key] is None:
                     values[key] = value
@@ -69,6 +77,9 @@ class TrainConfig:
         return cfg
 
     def validate(self):
+        unset = [f.name for f in dataclasses.fields(self) if getattr(self, f.name) is None]
+        if unset:
+            raise DTIError(f"no value for {', '.join(unset)}: set it, or resolve the family's and method's defaults")
         for name in ("steps", "batch_size", "grad_accum", "resolution"):
             if getattr(self, name) < 1:
                 raise DTIError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -128,16 +139,3 @@ def parse_m_star(value: str) -> str | float:
     if not number > 0:
         raise DTIError(f"m_star must be positive, got {value!r}")
     return number
-
-
-# The authors' launchers (paper spec); SD-style has no launcher of its own and follows SDXL.
-FAMILY_DEFAULTS = {
-    "sd": dict(resolution=512, batch_size=4, grad_accum=1, steps=400, weight_decay=1e-2, kappa=1e-4),
-    "sdxl": dict(resolution=768, batch_size=4, grad_accum=1, steps=400, weight_decay=1e-2, kappa=1e-4),
-    "sana": dict(resolution=1024, batch_size=2, grad_accum=2, steps=500, weight_decay=0.0, kappa=5e-5),
-}
-METHOD_DEFAULTS = {
-    "ti": dict(lr=0.02),
-    "crossinit": dict(lr=0.02),
-    "dti": dict(lr=0.04),
-}

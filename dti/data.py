@@ -23,7 +23,8 @@ from .io import DTIError
 def load_templates(key: str) -> list[str]:
     data = json.loads(resources.files("dti.resources").joinpath("training_templates.json").read_text())
     if key.startswith("_") or key not in data:
-        raise DTIError(f"unknown template set {key!r}; available: {', '.join(k for k in data if not k.startswith('_'))}")
+        available = ", ".join(k for k in data if not k.startswith("_"))
+        raise DTIError(f"unknown template set {key!r}; available: {available}")
     return data[key]
 
 
@@ -86,7 +87,7 @@ def draw_batch(latents: list[torch.Tensor], sizes: list[tuple[int, int]], templa
 
 # --- the DreamBooth benchmark ------------------------------------------------------
 
-BENCHMARK_DIR = Path(__file__).resolve().parents[1] / "experiments" / "dreambooth"
+BENCHMARK = resources.files("dti.resources").joinpath("dreambooth")  # package data: any install has it
 DREAMBOOTH_ARCHIVE = "https://github.com/google/dreambooth/archive/refs/heads/main.zip"
 DREAMBOOTH_IMAGES = 158
 DREAMBOOTH_EXTRA_FILES = ("LICENSE.md", "references_and_licenses.txt", "prompts_and_classes.txt")
@@ -94,7 +95,7 @@ DREAMBOOTH_EXTRA_FILES = ("LICENSE.md", "references_and_licenses.txt", "prompts_
 
 def read_subjects(path: str | Path | None = None) -> list[dict]:
     """The subjects table (``subject, class, dti_class, initializer, live``), in file order."""
-    path = Path(path) if path else BENCHMARK_DIR / "subjects.csv"
+    path = Path(path) if path else BENCHMARK.joinpath("subjects.csv")
     if not path.is_file():
         raise DTIError(f"subjects table {path} not found")
     with path.open(newline="") as f:
@@ -105,7 +106,7 @@ def read_subjects(path: str | Path | None = None) -> list[dict]:
 
 
 def read_prompt_set(name: str, live: bool, path: str | Path | None = None) -> list[str]:
-    path = Path(path) if path else BENCHMARK_DIR / "prompt_sets.json"
+    path = Path(path) if path else BENCHMARK.joinpath("prompt_sets.json")
     if not path.is_file():
         raise DTIError(f"prompt sets file {path} not found")
     sets = {k: v for k, v in json.loads(path.read_text()).items() if not k.startswith("_")}

@@ -1,4 +1,8 @@
-"""Learned-embedding files: writing them, rescaling TI runs, and loading them into pipelines."""
+"""A run's learned vectors: reading them, TI-rescaled runs, and loading them into stock pipelines.
+
+How each family writes and loads its files lives on the family (``dti.families``); this module
+reads a run folder and hands the vectors to the right family.
+"""
 
 from __future__ import annotations
 
@@ -7,20 +11,14 @@ from pathlib import Path
 
 import torch
 
-from .config import parse_m_star
-from .io import DTIError, load_tensors, read_json, save_tensors, write_json
-
-# File of each text encoder's vectors, in the layout ``pipe.load_textual_inversion`` reads.
-ENCODER_FILES = ("learned_embeds.safetensors", "learned_embeds_2.safetensors")
-SDXL_SINGLE_FILE = "learned_embeds_sdxl.safetensors"  # clip_l / clip_g keys (A1111, ComfyUI, kohya)
+from .families import ENCODER_FILES, FAMILIES
+from .io import DTIError, load_tensors, read_json, write_json
+from .methods import METHODS
 
 
-def write_embedding_files(run_dir: Path, family: str, placeholder: str, rows: list[torch.Tensor], metadata: dict):
-    run_dir = Path(run_dir)
-    for file, r in zip(ENCODER_FILES, rows):
-        save_tensors({placeholder: r.float()}, run_dir / file, metadata)
-    if family == "sdxl":
-        save_tensors({"clip_l": rows[0].float(), "clip_g": rows[1].float()}, run_dir / SDXL_SINGLE_FILE, metadata)
+def run_method(record: dict) -> str:
+    """A run's method: post-hoc and interpolated runs name theirs; trained runs carry it in their config."""
+    return record.get("method") or record["config"]["method"]
 
 
 def read_run(run_dir: str | Path) -> tuple[dict, list[torch.Tensor]]:
@@ -42,22 +40,21 @@ def read_run(run_dir: str | Path) -> tuple[dict, list[torch.Tensor]]:
 
 
 def rescale(run_dir: str | Path, out_dir: str | Path, stat: str = "mean") -> Path:
-    """TI-rescaled: each vector of a TI run scaled to its encoder's vocabulary-norm statistic."""
+    """TI-rescaled (``methods.TIRescaled``): a TI run's vectors scaled to a vocabulary-norm statistic."""
+    method = METHODS["ti_rescaled"]
     record, rows = read_run(run_dir)
-    method = record["config"]["method"]
-    if method != "ti":
-        raise DTIError(f"rescale takes a TI run; {run_dir} is a {method} run")
-    target = parse_m_star(stat)
-    norms = [float(target) if isinstance(target, float) else record["vocab_norms"][enc][target]
-             for enc in record["encoders"]]
-    scaled = [r * (m / r.norm(dim=1, keepdim=True)) for r, m in zip(rows, norms)]
+    source = record["config"]["method"]
+    if source != method.source_method:
+        raise DTIError(f"rescale takes a {method.source_method.upper()} run; {run_dir} is a {source} run")
+    norms = method.target_norms(record["vocab_norms"], record["encoders"], stat)
+    scaled = method.rescale(rows, norms)
     out_dir = Path(out_dir)
     cfg = record["config"]
-    meta = {"method": "ti_rescaled", "family": cfg["family"], "base_model": cfg["model"],
+    meta = {"method": method.name, "family": cfg["family"], "base_model": cfg["model"],
             "placeholder": cfg["placeholder"], "source_run": str(run_dir), "stat": stat,
             "steps": cfg["steps"], "seed": cfg["seed"]}
-    write_embedding_files(out_dir, cfg["family"], record["tokens"][0], scaled, meta)
-    new_record = {**record, "method": "ti_rescaled", "source_run": str(run_dir), "rescale_stat": stat,
+    FAMILIES[cfg["family"]].write_embedding_files(out_dir, record["tokens"][0], scaled, meta)
+    new_record = {**record, "method": method.name, "source_run": str(run_dir), "rescale_stat": stat,
                   "rescale_norms": dict(zip(record["encoders"], norms)),
                   "final_norms": {e: r.norm(dim=1).tolist() for e, r in zip(record["encoders"], scaled)}}
     write_json(new_record, out_dir / "run.json")
@@ -73,38 +70,17 @@ class Concept:
     family: str
 
     def prompt(self, template: str) -> str:
-        """``template`` with ``{}`` replaced by the concept's token(s).
-
-        SD and SDXL pipelines expand a multi-vector placeholder themselves; SANA's does not.
-        """
-        return template.format(" ".join(self.tokens) if self.family == "sana" else self.placeholder)
+        """``template`` with ``{}`` replaced by the concept's token(s), as its family's pipeline reads them."""
+        return template.format(FAMILIES[self.family].token_string(self.tokens))
 
 
 def load_embeddings(pipe, run_dir: str | Path) -> Concept:
     """Load a run's learned vectors into a stock SD, SDXL or SANA pipeline."""
-    from .families import FAMILIES
-
     record, rows = read_run(run_dir)
-    family = record["config"]["family"]
+    family = FAMILIES[record["config"]["family"]]
     cls_name = type(pipe).__name__
-    if cls_name not in FAMILIES[family].pipeline_classes:
-        raise DTIError(f"{run_dir} was trained on a {family} pipeline, not a {cls_name}")
+    if cls_name not in family.pipeline_classes:
+        raise DTIError(f"{run_dir} was trained on a {family.name} pipeline, not a {cls_name}")
     tokens = record["tokens"]
-    if family in ("sd", "sdxl"):
-        encoders = [(pipe.text_encoder, pipe.tokenizer)]
-        if family == "sdxl":
-            encoders.append((pipe.text_encoder_2, pipe.tokenizer_2))
-        for (enc, tok), r in zip(encoders, rows):
-            pipe.load_textual_inversion({tokens[0]: r}, token=tokens[0], text_encoder=enc, tokenizer=tok)
-    else:
-        tok, enc = pipe.tokenizer, pipe.text_encoder
-        if any(t in tok.get_vocab() for t in tokens):
-            raise DTIError(f"the tokenizer already has a token named {tokens[0]!r}")
-        tok.add_tokens(tokens)
-        ids = tok.convert_tokens_to_ids(tokens)
-        if max(ids) >= enc.get_input_embeddings().num_embeddings:
-            enc.resize_token_embeddings(max(ids) + 1, mean_resizing=False)
-        weight = enc.get_input_embeddings().weight
-        with torch.no_grad():
-            weight[torch.tensor(ids, device=weight.device)] = rows[0].to(weight.device, weight.dtype)
-    return Concept(placeholder=tokens[0], tokens=tokens, family=family)
+    family.load_concept(pipe, tokens, rows)
+    return Concept(placeholder=tokens[0], tokens=tokens, family=family.name)

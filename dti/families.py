@@ -1,21 +1,27 @@
-"""Pipeline families: how each kind of diffusers pipeline is conditioned, noised and saved.
+"""Pipeline families: how each kind of diffusers pipeline is loaded, conditioned, noised, sampled
+and how its learned embeddings are saved and loaded.
 
-One adapter per family (SD-style, SDXL, SANA). Prompts are encoded by the pipeline's
-own ``encode_prompt``, so training sees exactly the conditioning that sampling sees;
+One adapter per family (SD-style, SDXL, SANA), in a registry. Prompts are encoded by the
+pipeline's own ``encode_prompt``, so training sees exactly the conditioning that sampling sees;
 the learned rows enter through a wrapper around each encoder's input embedding.
 """
 
 from __future__ import annotations
 
 import inspect
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from .io import DTIError
+from .io import DTIError, save_tensors
 from .methods import EncoderSlot
 
 FAMILIES: dict[str, type["Family"]] = {}
+
+# File of each text encoder's vectors, in the layout ``pipe.load_textual_inversion`` reads.
+ENCODER_FILES = ("learned_embeds.safetensors", "learned_embeds_2.safetensors")
+SDXL_SINGLE_FILE = "learned_embeds_sdxl.safetensors"  # clip_l / clip_g keys (A1111, ComfyUI, kohya)
 
 
 def register(cls):
@@ -89,7 +95,27 @@ def vocab_norm_stats(weight: torch.Tensor) -> dict[str, float]:
             "std": norms.std().item()}
 
 
+def family_class(name: str) -> type["Family"]:
+    if name not in FAMILIES:
+        raise DTIError(f"unknown family {name!r}; choose one of {', '.join(sorted(FAMILIES))}")
+    return FAMILIES[name]
+
+
 class Family:
+    """Base class of a pipeline family. A subclass sets
+
+    * ``name``, ``pipeline_classes`` (the diffusers classes it adapts), ``encoder_names`` and
+      ``tokenizer_names`` (pipeline components), ``denoiser_name``;
+    * ``train_defaults`` and ``sample_defaults``: the protocol's values for this family;
+    * ``pipeline_kwargs``: extra ``from_pretrained`` arguments;
+
+    and implements ``encode_prompts(prompts)`` (the conditioning the denoiser gets) and
+    ``loss(latents, cond, batch, gen)`` (the training objective). It may override
+    ``token_string`` (how a k-vector placeholder is written in a prompt), ``write_embedding_files``
+    and ``load_concept`` (the embedding files and how a stock pipeline takes them), and
+    ``sample_kwargs`` (family-only arguments of the pipeline call).
+    """
+
     name = ""
     pipeline_classes: tuple[str, ...] = ()
     encoder_names: tuple[str, ...] = ("text_encoder",)
@@ -97,6 +123,10 @@ class Family:
     lower_case_prompts = False
     pass_attention_mask = False  # whether the pipeline gives its text encoder an attention mask
     denoiser_name = "unet"
+    instruction_prefix = False  # whether sampling prepends the pipeline's complex-human-instruction
+    train_defaults: dict = {}
+    sample_defaults: dict = {}
+    pipeline_kwargs: dict = {}
 
     def __init__(self, pipe, device: torch.device, dtype: torch.dtype, cfg=None):
         self.pipe, self.device, self.dtype, self.cfg = pipe, device, dtype, cfg
@@ -109,16 +139,53 @@ class Family:
         pipe.vae.requires_grad_(False).eval()
 
     @classmethod
-    def load(cls, model: str, device: torch.device, dtype: torch.dtype, cfg=None) -> "Family":
+    def load_pipeline(cls, model: str, device: torch.device, dtype: torch.dtype):
+        """The stock diffusers pipeline, on ``device`` in ``dtype``, progress bars off."""
         from diffusers import DiffusionPipeline
 
-        kwargs = {"safety_checker": None} if cls.name == "sd" else {}
         try:
-            pipe = DiffusionPipeline.from_pretrained(model, dtype=dtype, **kwargs)
-        except Exception as exc:  # noqa: BLE001
+            pipe = DiffusionPipeline.from_pretrained(model, dtype=dtype, **cls.pipeline_kwargs)
+        except Exception as exc:  # noqa: BLE001 - the loaders raise many types; report one line
             raise DTIError(f"cannot load pipeline {model!r}: {str(exc).splitlines()[0]}") from None
+        if type(pipe).__name__ not in cls.pipeline_classes:
+            raise DTIError(f"{model!r} is a {type(pipe).__name__}, not a {cls.name} pipeline")
         pipe.set_progress_bar_config(disable=True)
-        return cls(pipe.to(device), device, dtype, cfg)
+        return pipe.to(device)
+
+    @classmethod
+    def load(cls, model: str, device: torch.device, dtype: torch.dtype, cfg=None) -> "Family":
+        """The adapter around a freshly loaded pipeline, ready for training."""
+        return cls(cls.load_pipeline(model, device, dtype), device, dtype, cfg)
+
+    # --- learned embeddings: files and stock pipelines --------------------------
+    @classmethod
+    def token_string(cls, tokens: list[str]) -> str:
+        """What replaces ``{}`` in a prompt: SD and SDXL pipelines expand multi-vector tokens themselves."""
+        return tokens[0]
+
+    @classmethod
+    def write_embedding_files(cls, run_dir, placeholder: str, rows: list[torch.Tensor], metadata: dict):
+        """One file per encoder, ``{placeholder: [k, d]}``, as ``load_textual_inversion`` reads it."""
+        for file, r in zip(ENCODER_FILES, rows):
+            save_tensors({placeholder: r.float()}, Path(run_dir) / file, metadata)
+
+    @classmethod
+    def load_concept(cls, pipe, tokens: list[str], rows: list[torch.Tensor]):
+        """Add a concept's tokens and vectors to a stock pipeline, with diffusers' own loader."""
+        for enc_name, tok_name, r in zip(cls.encoder_names, cls.tokenizer_names, rows):
+            pipe.load_textual_inversion({tokens[0]: r}, token=tokens[0], text_encoder=getattr(pipe, enc_name),
+                                        tokenizer=getattr(pipe, tok_name))
+
+    # --- sampling ---------------------------------------------------------------
+    @classmethod
+    def default_image_size(cls, pipe) -> int | None:
+        """The image side when the protocol names none (SD-style: the pipeline's own size)."""
+        return None
+
+    @classmethod
+    def sample_kwargs(cls, settings: dict) -> dict:
+        """Arguments of the pipeline call that only this family has."""
+        return {}
 
     # --- tokens ---------------------------------------------------------------
     def add_concept(self, placeholder: str, initializer: str) -> list[EncoderSlot]:
@@ -137,7 +204,8 @@ class Family:
             tokens = placeholder_tokens(placeholder, len(init_ids))
             for t in tokens:
                 pieces = tok.tokenize(t)
-                if t in tok.get_vocab() or (len(pieces) == 1 and tok.convert_tokens_to_ids(pieces[0]) != tok.unk_token_id):
+                one_known_piece = len(pieces) == 1 and tok.convert_tokens_to_ids(pieces[0]) != tok.unk_token_id
+                if t in tok.get_vocab() or one_known_piece:
                     raise DTIError(f"placeholder token {t!r} is already in the vocabulary of {enc_name}; "
                                    "choose a new string such as <sks>")
             if tok.add_tokens(tokens) != len(tokens):
@@ -172,10 +240,6 @@ class Family:
 
     def text_length(self, tok) -> int:
         return tok.model_max_length
-
-    def prompt_token_string(self) -> str:
-        """What replaces ``{}`` in a template; SD and SDXL pipelines expand multi-vector tokens themselves."""
-        return self.tokens[0]
 
     def set_rows(self, rows: list[torch.Tensor] | None):
         for wrapper, r in zip(self.wrappers, rows or [None] * len(self.wrappers)):
@@ -215,12 +279,20 @@ class StableDiffusion(Family):
 
     name = "sd"
     pipeline_classes = ("StableDiffusionPipeline",)
+    # SD-style has no launcher of its own and follows SDXL's (paper spec).
+    train_defaults = dict(resolution=512, batch_size=4, grad_accum=1, steps=400, weight_decay=1e-2, kappa=1e-4)
+    sample_defaults = dict(steps=50, guidance_scale=7.5)
+    pipeline_kwargs = {"safety_checker": None}  # scores must see every image
 
     def __init__(self, *args, **kwargs):
         from diffusers import DDPMScheduler
 
         super().__init__(*args, **kwargs)
         self.noise_scheduler = DDPMScheduler.from_config(self.pipe.scheduler.config)
+
+    @classmethod
+    def default_image_size(cls, pipe):
+        return pipe.unet.config.sample_size * pipe.vae_scale_factor
 
     def encode_prompts(self, prompts):
         embeds, _ = self.pipe.encode_prompt(prompts, self.device, 1, False)
@@ -253,6 +325,14 @@ class StableDiffusionXL(StableDiffusion):
     pipeline_classes = ("StableDiffusionXLPipeline",)
     encoder_names = ("text_encoder", "text_encoder_2")
     tokenizer_names = ("tokenizer", "tokenizer_2")
+    train_defaults = dict(resolution=768, batch_size=4, grad_accum=1, steps=400, weight_decay=1e-2, kappa=1e-4)
+    sample_defaults = dict(height=1024, width=1024, steps=50, guidance_scale=5.0)
+    pipeline_kwargs = {}
+
+    @classmethod
+    def write_embedding_files(cls, run_dir, placeholder, rows, metadata):
+        super().write_embedding_files(run_dir, placeholder, rows, metadata)
+        save_tensors({"clip_l": rows[0].float(), "clip_g": rows[1].float()}, Path(run_dir) / SDXL_SINGLE_FILE, metadata)
 
     def encode_prompts(self, prompts):
         embeds, _, pooled, _ = self.pipe.encode_prompt(prompts, device=self.device, num_images_per_prompt=1,
@@ -271,27 +351,52 @@ class Sana(Family):
     name = "sana"
     pipeline_classes = ("SanaPipeline",)
     lower_case_prompts = True
+    instruction_prefix = True
     denoiser_name = "transformer"
     pass_attention_mask = True
+    train_defaults = dict(resolution=1024, batch_size=2, grad_accum=2, steps=500, weight_decay=0.0, kappa=5e-5)
+    sample_defaults = dict(height=1024, width=1024, steps=20, guidance_scale=4.5)
 
     def text_length(self, tok):
         return self.cfg.max_sequence_length if self.cfg else 300
 
-    def prompt_token_string(self):
-        return " ".join(self.tokens)  # SANA has no loader that expands multi-vector tokens
+    @classmethod
+    def token_string(cls, tokens):
+        return " ".join(tokens)  # SANA has no loader that expands multi-vector tokens
+
+    @classmethod
+    def load_concept(cls, pipe, tokens, rows):
+        # SANA's pipeline has no textual-inversion loader: add the tokens and write their rows.
+        tok, enc = pipe.tokenizer, pipe.text_encoder
+        if any(t in tok.get_vocab() for t in tokens):
+            raise DTIError(f"the tokenizer already has a token named {tokens[0]!r}")
+        tok.add_tokens(tokens)
+        ids = tok.convert_tokens_to_ids(tokens)
+        if max(ids) >= enc.get_input_embeddings().num_embeddings:
+            enc.resize_token_embeddings(max(ids) + 1, mean_resizing=False)
+        weight = enc.get_input_embeddings().weight
+        with torch.no_grad():
+            weight[torch.tensor(ids, device=weight.device)] = rows[0].to(weight.device, weight.dtype)
+
+    @classmethod
+    def sample_kwargs(cls, settings):
+        kwargs = {"use_resolution_binning": settings["resolution_binning"]}
+        if not settings["complex_human_instruction"]:
+            kwargs["complex_human_instruction"] = None
+        return kwargs
 
     def encode_prompts(self, prompts):
-        chi = None
+        instruction = None
         if self.cfg is not None and self.cfg.complex_human_instruction:
-            chi = inspect.signature(self.pipe.__call__).parameters["complex_human_instruction"].default
+            instruction = inspect.signature(self.pipe.__call__).parameters["complex_human_instruction"].default
         embeds, mask, _, _ = self.pipe.encode_prompt(
             prompts, do_classifier_free_guidance=False, device=self.device,
-            max_sequence_length=self.text_length(None), complex_human_instruction=chi)
+            max_sequence_length=self.text_length(None), complex_human_instruction=instruction)
         return {"encoder_hidden_states": embeds, "encoder_attention_mask": mask}
 
     def loss(self, latents, cond, batch, gen):
         # Flow matching: x_t = (1 - s) x + s e, target e - x, t uniform over the training steps (no shift).
-        n = 1000
+        n = self.pipe.scheduler.config.num_train_timesteps
         noise = torch.randn(latents.shape, generator=gen).to(self.device)
         t = torch.randint(0, n, (latents.shape[0],), generator=gen).to(self.device)
         sigma = ((t + 1).float() / n).view(-1, 1, 1, 1)

@@ -2,7 +2,8 @@
 
 A method owns the trainable tensors (one ``[k, d]`` tensor per text encoder), turns
 them into the embedding rows fed to the encoders, adds its own loss terms, and makes
-its optimizer. The training loop only talks to this interface.
+its optimizer. The training loop only talks to this interface. A post-hoc method
+(TI-rescaled) is made from another method's finished run instead of being trained.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Callable
 import torch
 
 from .config import TrainConfig, parse_m_star
+from .io import DTIError
 from .optim import SphericalSGD
 
 
@@ -34,8 +36,36 @@ def register(cls):
     return cls
 
 
+def trained_methods() -> list[str]:
+    """The methods that ``dti train`` runs (every registered method but the post-hoc ones)."""
+    return sorted(name for name, cls in METHODS.items() if not cls.post_hoc)
+
+
+def method_class(name: str, trained: bool = True) -> type["Method"]:
+    choices = trained_methods() if trained else sorted(METHODS)
+    if name not in choices:
+        raise DTIError(f"unknown method {name!r}; choose one of {', '.join(choices)}")
+    return METHODS[name]
+
+
 class Method:
+    """Base class of a method. A subclass sets ``name`` (its registry key) and ``defaults`` (the
+    configuration values it brings, e.g. its learning rate), and overrides what it changes:
+
+    * ``initial_params()``: the starting ``[k, d]`` tensor per encoder (default: the initializer's rows);
+    * ``embeddings()``: the rows fed to each encoder, differentiable in ``self.params``;
+    * ``extra_loss()``: a term added to the diffusion loss, or None;
+    * ``make_optimizer()`` and ``after_step()``: how ``self.params`` move;
+    * ``metadata()`` (recorded in run.json) and ``file_metadata()`` (in the embedding files).
+
+    A post-hoc method (``post_hoc = True``) is not trained: it transforms a finished run of
+    ``source_method`` (``dti rescale``).
+    """
+
     name = ""
+    defaults: dict = {}
+    post_hoc = False
+    source_method: str | None = None
 
     def __init__(self, cfg: TrainConfig, slots: list[EncoderSlot]):
         self.cfg = cfg
@@ -61,10 +91,13 @@ class Method:
     def metadata(self) -> dict:
         return {}
 
+    def file_metadata(self) -> dict:
+        return {"m_star": "", "kappa": ""}
+
     def _adamw(self, weight_decay: float):
-        c = self.cfg
-        return torch.optim.AdamW(self.params, lr=c.lr, betas=(c.adam_beta1, c.adam_beta2),
-                                 eps=c.adam_eps, weight_decay=weight_decay)
+        cfg = self.cfg
+        return torch.optim.AdamW(self.params, lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2),
+                                 eps=cfg.adam_eps, weight_decay=weight_decay)
 
 
 @register
@@ -72,6 +105,7 @@ class TextualInversion(Method):
     """TI: the embedding rows themselves, initialised at the initializer's rows, AdamW."""
 
     name = "ti"
+    defaults = {"lr": 0.02}
 
 
 @register
@@ -79,6 +113,7 @@ class CrossInit(Method):
     """CrossInit: start from the encoder's output at the initializer tokens; MSE pull to it."""
 
     name = "crossinit"
+    defaults = {"lr": 0.02}
 
     def initial_params(self):
         self.targets = [s.contextual_init().detach().float() for s in self.slots]
@@ -94,6 +129,7 @@ class DirectionalTextualInversion(Method):
     """DTI: e = m* v with |v| = 1 fixed per encoder; only the direction v is learned."""
 
     name = "dti"
+    defaults = {"lr": 0.04}
 
     def __init__(self, cfg, slots):
         m_star = parse_m_star(cfg.m_star)
@@ -128,3 +164,25 @@ class DirectionalTextualInversion(Method):
     def metadata(self):
         return {"m_star": self.cfg.m_star, "m_star_values": self.norms, "kappa": self.cfg.kappa,
                 "direction_optimizer": self.cfg.direction_optimizer}
+
+    def file_metadata(self):
+        return {"m_star": self.cfg.m_star, "kappa": self.cfg.kappa}
+
+
+@register
+class TIRescaled(Method):
+    """TI-rescaled: a finished TI run's vectors, each scaled to its encoder's vocabulary-norm
+    statistic (``stat``: mean, min, max or a number). Post hoc: nothing is trained."""
+
+    name = "ti_rescaled"
+    post_hoc = True
+    source_method = "ti"
+
+    @staticmethod
+    def target_norms(vocab_norms: dict[str, dict], encoders: list[str], stat: str) -> list[float]:
+        target = parse_m_star(stat)
+        return [float(target) if isinstance(target, float) else vocab_norms[enc][target] for enc in encoders]
+
+    @staticmethod
+    def rescale(rows: list[torch.Tensor], norms: list[float]) -> list[torch.Tensor]:
+        return [r * (m / r.norm(dim=1, keepdim=True)) for r, m in zip(rows, norms)]

@@ -11,14 +11,16 @@ import csv
 import dataclasses
 import re
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from PIL import Image
 
-from .config import apply_assignments
-from .embeddings import load_embeddings, read_run
+from .config import apply_assignments, option
+from .devices import frozen_dtype, resolve_device
+from .embeddings import load_embeddings, read_run, run_method
+from .families import family_class
 from .io import DTIError, atomic_path, content_digest, model_stamp, package_versions, read_json, write_json
 
 MANIFEST_FIELDS = ["run", "method", "family", "base_model", "subject", "class_noun", "prompt_set", "prompt_index",
@@ -26,31 +28,27 @@ MANIFEST_FIELDS = ["run", "method", "family", "base_model", "subject", "class_no
                    "scheduler", "complex_human_instruction"]
 
 
-def _f(default, help: str):
-    return field(default=default, metadata={"help": help})
-
-
 @dataclass
 class SampleConfig:
-    height: int | None = _f(None, "Image height (SD: the pipeline's default size; SDXL, SANA 1024).")
-    width: int | None = _f(None, "Image width (as height).")
-    steps: int | None = _f(None, "Denoising steps (SD, SDXL 50; SANA 20).")
-    guidance_scale: float | None = _f(None, "Classifier-free guidance (SD 7.5, SDXL 5.0, SANA 4.5).")
-    complex_human_instruction: bool = _f(True, "SANA: the pipeline's complex-human-instruction prefix (on at evaluation in the paper).")
-    resolution_binning: bool = _f(True, "SANA: the pipeline's aspect-ratio binning of the requested size.")
-    device: str = _f("auto", "Torch device: auto, cpu, cuda, cuda:1, ...")
-    mixed_precision: str = _f("bf16", "Dtype of the pipeline on a GPU: bf16, fp16 or no (CPU: float32).")
-    batch_size: int = _f(4, "Images per pipeline call, across prompts and seeds (each image keeps its own seeded noise).")
+    height: int | None = option(None, "Image height (SD: the pipeline's default size; SDXL, SANA 1024).")
+    width: int | None = option(None, "Image width (as height).")
+    steps: int | None = option(None, "Denoising steps (SD, SDXL 50; SANA 20).")
+    guidance_scale: float | None = option(None, "Classifier-free guidance (SD 7.5, SDXL 5.0, SANA 4.5).")
+    complex_human_instruction: bool = option(True, "SANA: the pipeline's complex-human-instruction prefix (on at "
+                                                   "evaluation in the paper).")
+    resolution_binning: bool = option(True, "SANA: the pipeline's aspect-ratio binning of the requested size.")
+    device: str = option("auto", "Torch device: auto, cpu, cuda, cuda:1, ...")
+    mixed_precision: str = option("bf16", "Dtype of the pipeline on a GPU: bf16, fp16 or no (CPU: float32).")
+    batch_size: int = option(4, "Images per pipeline call, across prompts and seeds (each image keeps its own seeded "
+                                "noise).")
 
     def set(self, assignments: list[str]) -> "SampleConfig":
         return apply_assignments(self, assignments)
 
-
-SAMPLE_DEFAULTS = {
-    "sd": dict(steps=50, guidance_scale=7.5),
-    "sdxl": dict(height=1024, width=1024, steps=50, guidance_scale=5.0),
-    "sana": dict(height=1024, width=1024, steps=20, guidance_scale=4.5),
-}
+    def placement(self) -> tuple[torch.device, torch.dtype]:
+        """The device and the pipeline's dtype there."""
+        device = resolve_device(self.device)
+        return device, frozen_dtype(device, self.mixed_precision)
 
 
 def slug(text: str, limit: int = 48) -> str:
@@ -67,47 +65,28 @@ def intact(path: Path, size: tuple[int, int]) -> bool:
         return False
 
 
-def load_pipeline(model: str, family: str, cfg: SampleConfig):
-    from diffusers import DiffusionPipeline
-
-    from .train import frozen_dtype, resolve_device
-
-    device = resolve_device(cfg.device)
-    kwargs = {"safety_checker": None} if family == "sd" else {}  # scores must see every image
-    try:
-        pipe = DiffusionPipeline.from_pretrained(model, dtype=frozen_dtype(device, cfg.mixed_precision), **kwargs)
-    except Exception as exc:  # noqa: BLE001 - the loaders raise many types; report one line
-        raise DTIError(f"cannot load pipeline {model!r}: {str(exc).splitlines()[0]}") from None
-    pipe.set_progress_bar_config(disable=True)
-    return pipe.to(device)
-
-
 def sample(run_dir: str | Path, out_dir: str | Path, subject: str, class_noun: str, templates: list[str],
            seeds: list[int], prompt_set: str, cfg: SampleConfig | None = None, pipe=None) -> Path:
     """Generate every (template, seed) image of one run; returns the manifest's path."""
     cfg = cfg or SampleConfig()
     record, vectors = read_run(run_dir)
-    family, model = record["config"]["family"], record["config"]["model"]
+    family, model = family_class(record["config"]["family"]), record["config"]["model"]
     if not templates:
         raise DTIError("the prompt set is empty")
     if not seeds:
         raise DTIError("no seeds given")
     if cfg.batch_size < 1:
         raise DTIError(f"batch_size must be at least 1, got {cfg.batch_size}")
-    pipe = pipe or load_pipeline(model, family, cfg)
+    pipe = pipe or family.load_pipeline(model, *cfg.placement())
     concept = load_embeddings(pipe, run_dir)
-    settings = {**SAMPLE_DEFAULTS[family], **{k: v for k, v in dataclasses.asdict(cfg).items() if v is not None}}
-    if settings.get("height") is None:  # SD-style: the pipeline's own default size
-        settings["height"] = settings["width"] = pipe.unet.config.sample_size * pipe.vae_scale_factor
+    settings = {**family.sample_defaults, **{k: v for k, v in dataclasses.asdict(cfg).items() if v is not None}}
+    if settings.get("height") is None:
+        settings["height"] = settings["width"] = family.default_image_size(pipe)
     size = (settings["width"], settings["height"])
     call = {"height": settings["height"], "width": settings["width"], "num_inference_steps": settings["steps"],
-            "guidance_scale": settings["guidance_scale"], "output_type": "pil"}
-    if family == "sana":
-        call["use_resolution_binning"] = settings["resolution_binning"]
-        if not settings["complex_human_instruction"]:
-            call["complex_human_instruction"] = None
+            "guidance_scale": settings["guidance_scale"], "output_type": "pil", **family.sample_kwargs(settings)}
     out_dir = Path(out_dir)
-    method = record.get("method", record["config"]["method"])
+    method = run_method(record)
     # Images already here are kept (resume) only if they were made from these same inputs.
     inputs = {"model": model_stamp(model), "vectors": content_digest(vectors), "class_noun": class_noun,
               "templates": list(templates), "settings": {k: v for k, v in settings.items() if k != "batch_size"}}
@@ -126,13 +105,13 @@ def sample(run_dir: str | Path, out_dir: str | Path, subject: str, class_noun: s
             if not intact(file, size):  # resume: keep intact images, redo the rest
                 todo.append((prompt, s, file))
             rows.append({
-                "run": str(run_dir), "method": method, "family": family, "base_model": model,
+                "run": str(run_dir), "method": method, "family": family.name, "base_model": model,
                 "subject": subject, "class_noun": class_noun, "prompt_set": prompt_set, "prompt_index": index,
                 "prompt": prompt, "scoring_text": template.format(class_noun) + ".", "seed": s,
                 "file": str(file.relative_to(out_dir)), "height": settings["height"],
                 "width": settings["width"], "steps": settings["steps"], "guidance_scale": settings["guidance_scale"],
                 "scheduler": type(pipe.scheduler).__name__,
-                "complex_human_instruction": settings["complex_human_instruction"] if family == "sana" else "",
+                "complex_human_instruction": settings["complex_human_instruction"] if family.instruction_prefix else "",
             })
     for start in range(0, len(todo), cfg.batch_size):
         batch = todo[start:start + cfg.batch_size]

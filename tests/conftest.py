@@ -8,7 +8,7 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from dti import tiny  # noqa: E402
+from tests import tiny  # noqa: E402
 
 BUILDERS = {"sd": tiny.build_sd, "sdxl": tiny.build_sdxl, "sana": tiny.build_sana}
 ROOT = Path(__file__).resolve().parents[1]
@@ -36,7 +36,8 @@ def smoke_local(tmp_path_factory) -> Path:
 def dreambooth_dir() -> Path | None:
     """The DreamBooth images: $DTI_DREAMBOOTH, else data/dreambooth, else a shared copy beside the checkout."""
     root = Path(__file__).resolve().parents[1]
-    for candidate in (os.environ.get("DTI_DREAMBOOTH"), root / "data" / "dreambooth", root.parent / "shared" / "dreambooth"):
+    candidates = (os.environ.get("DTI_DREAMBOOTH"), root / "data" / "dreambooth", root.parent / "shared" / "dreambooth")
+    for candidate in candidates:
         if candidate and (Path(candidate) / "dog").is_dir():
             return Path(candidate)
     return None
@@ -59,3 +60,13 @@ def ref_images(tmp_path_factory):
 def metric_models(tmp_path_factory):
     """Model ids (local folders) of tiny random-weight DINOv2, DINO, SigLIP and open_clip models."""
     return tiny.build_metric_models(tmp_path_factory.mktemp("metric_models"))
+
+
+@pytest.fixture(scope="session")
+def sd_run(tiny_models, ref_images, tmp_path_factory):
+    """A one-step DTI run on the tiny SD pipeline (sampling and command-line tests start from it)."""
+    from dti import TrainConfig, train
+
+    cfg = TrainConfig(method="dti", model=str(tiny_models["sd"]), images=str(ref_images), placeholder="<sks>",
+                      initializer="dog", steps=1).set(["resolution=64", "batch_size=1"])
+    return train(cfg, tmp_path_factory.mktemp("runs") / "dti")

@@ -40,16 +40,35 @@ def test_vocab_norms_match_training_statistics_and_mark_learned_tokens(tiny_mode
     assert pd.read_csv(tmp_path / "t" / "learned_norms.csv").shape[0] == 4
 
 
-def test_direction_carries_the_meaning_not_the_norm(tiny_models, runs):
+def test_nearest_words_by_cosine_follow_the_direction_and_by_distance_the_norm(tiny_models):
     encoders = load_text_encoders(str(tiny_models["sdxl"]))
-    table = nearest_words(encoders, learned_vectors(runs), k=3)
-    top = table[(table["rank"] == 1) & (table["encoder"] == "text_encoder")].set_index(["method", "by"])
-    # DTI barely moved (lr 1e-3): its nearest word by cosine is still the initializer
-    assert top.loc[("dti", "cosine"), "token"] == "dog</w>"
-    # ranks are ordered: cosine descending, distance ascending; every (run, encoder, vector, measure) has k rows
-    for (by, _, _, _), g in table.groupby(["by", "method", "encoder", "vector"]):
+    enc = encoders[0]
+    table = enc.table
+    dog = table[enc.tokenizer("dog", add_special_tokens=False).input_ids[0]]
+    # The largest row, and a vector pointing mostly along it but shrunk to a small norm.
+    big = table[table.norm(dim=1).argmax()]
+    small = 0.05 * torch.nn.functional.normalize(big + 0.5 * dog * big.norm() / dog.norm(), dim=0) * dog.norm()
+    runs = [{"method": "scaled_dog", "run": "a/seed0", "vectors": {enc.name: (8 * dog)[None]}},
+            {"method": "small", "run": "b/seed0", "vectors": {enc.name: small[None]}}]
+    got = nearest_words([enc], runs, k=5).set_index(["method", "by", "rank"])
+    # A word's own direction, whatever the norm, is its nearest word by cosine (cosine 1).
+    assert got.loc[("scaled_dog", "cosine", 1), "token"] == "dog</w>"
+    assert got.loc[("scaled_dog", "cosine", 1), "value"] == pytest.approx(1.0, abs=1e-5)
+    # Both measures agree with a direct computation, and they rank differently for the small vector.
+    for method, v in (("scaled_dog", 8 * dog), ("small", small)):
+        cos = torch.nn.functional.cosine_similarity(table, v[None], dim=1)
+        dist = torch.cdist(table[None], v[None, None])[0, :, 0]
+        want_cos = enc.tokenizer.convert_ids_to_tokens(cos.argsort(descending=True)[:5].tolist())
+        want_dist = enc.tokenizer.convert_ids_to_tokens(dist.argsort()[:5].tolist())
+        assert [got.loc[(method, "cosine", r), "token"] for r in range(1, 6)] == want_cos
+        assert [got.loc[(method, "euclidean", r), "token"] for r in range(1, 6)] == want_dist
+    small_cos = [got.loc[("small", "cosine", r), "token"] for r in range(1, 6)]
+    small_dist = [got.loc[("small", "euclidean", r), "token"] for r in range(1, 6)]
+    assert small_cos != small_dist
+    # Ranks are ordered: cosine descending, distance ascending; every (run, measure) has k rows.
+    for (by, _), g in nearest_words([enc], runs, k=5).groupby(["by", "method"]):
         values = g.sort_values("rank")["value"].tolist()
-        assert values == sorted(values, reverse=(by == "cosine")) and len(values) == 3
+        assert values == sorted(values, reverse=(by == "cosine")) and len(values) == 5
 
 
 def test_contextual_map_places_words_and_learned_tokens(tiny_models, runs, tmp_path):

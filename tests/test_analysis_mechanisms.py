@@ -7,7 +7,7 @@ import torch
 from analysis import positional_probe as pp
 from analysis import residual_stagnation as rs
 from analysis.common import load_text_encoders, run_label
-from dti.embeddings import write_embedding_files
+from dti.families import FAMILIES
 from dti.families import vocab_norm_stats
 from dti.io import write_json
 
@@ -33,7 +33,7 @@ def fake_run(root, name, method, family, encoders, ratio, initializer="dog"):
         norms[enc.name] = vocab_norm_stats(enc.table)
         rows.append((row / row.norm() * ratio * norms[enc.name]["mean"])[None])
     run = root / name
-    write_embedding_files(run, family, "<sks>", rows, {"method": method})
+    FAMILIES[family].write_embedding_files(run, "<sks>", rows, {"method": method})
     write_json({"status": "complete", "tokens": ["<sks>"], "encoders": [e.name for e in encoders],
                 "vocab_norms": norms, "config": {"method": method, "initializer": initializer}}, run / "run.json")
     return run

@@ -19,7 +19,7 @@ import torch
 from conftest import ROOT, run_snakemake
 from safetensors.torch import load_file
 
-pytestmark = pytest.mark.slurm
+pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 START = ROOT / "tests" / "cluster" / "start_slurm.sh"
 # Rules of seconds (tables and their figures) are `localrule: True`: never a cluster job.
 LOCAL_RULES = {"aggregate_main", "main_table", "ablation_cell", "ablation_default", "ablation_table",

@@ -14,9 +14,10 @@ from PIL import Image
 
 from analysis.interpolation import interpolate_vectors, interpolation, main, write_interpolated_runs
 from dti import DTIError, TrainConfig, load_embeddings, train
-from dti import tiny
+from tests import tiny
 from dti.embeddings import read_run
-from dti.sample import SampleConfig, load_pipeline, sample
+from dti.families import FAMILIES
+from dti.sample import SampleConfig, sample
 
 TEMPLATES = ["a {} in the jungle"]
 
@@ -103,7 +104,7 @@ def test_interpolated_runs_are_ordinary_runs(runs, tiny_models, tmp_path):
 
     # own placeholders: every point loads into one pipeline beside the others
     own = write_interpolated_runs(runs["a"], runs["b"], [0, 0.5], tmp_path / "own", own_placeholders=True)
-    pipe = load_pipeline(str(tiny_models["sd"]), "sd", SampleConfig())
+    pipe = FAMILIES["sd"].load_pipeline(str(tiny_models["sd"]), *SampleConfig().placement())
     concepts = [load_embeddings(pipe, d) for d in own]
     assert [c.placeholder for c in concepts] == ["<a@0>", "<a@0.5>"]
     assert concepts[1].prompt("a {}") == "a <a@0.5>"
@@ -169,6 +170,12 @@ def test_interpolation_end_to_end(runs, ref_images, metric_models, tmp_path, cap
     assert [os.stat(f).st_mtime_ns for f in files] == stamps
     again = pd.read_csv(tmp_path / "t2" / "interpolation.csv")
     assert np.allclose(again["value"], csv["value"])
+    # the straight path instead: its ends are the same vectors (images kept), its middle is not (redone)
+    assert main(args + ["--mode", "lerp"]) == 0
+    middle = [f"{os.sep}t_0.5{os.sep}" in f for f in files]
+    assert any(middle) and not all(middle)
+    for file, stamp, redone in zip(files, stamps, middle):
+        assert (os.stat(file).st_mtime_ns != stamp) == redone, file
     capsys.readouterr()
     assert main(args + ["--text-metric", "dinov2"]) == 2
     assert "'dinov2' is not a text metric" in capsys.readouterr().err

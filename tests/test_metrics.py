@@ -1,5 +1,6 @@
 """dti.metrics on tiny random-weight evaluators: identities, hand computations, the manifest path."""
 
+import json
 import math
 import shutil
 
@@ -11,16 +12,23 @@ import torch.nn.functional as F
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
-from dti import metrics, tiny
+from dti import metrics
 from dti.io import DTIError
-from dti.metrics import METRICS, PROTOCOLS, Backbones, score_images, score_manifest
+from dti.metrics import BACKBONES, METRICS, PROTOCOLS, Backbones, Metric, score_images, score_manifest
+from tests.conftest import MINI_WORLD
 
 IMAGE_METRICS = [n for n, m in METRICS.items() if m.kind == "image"]
 
 
 @pytest.fixture(scope="session")
-def backbones(metric_models):
-    return Backbones(list(METRICS), model_ids=metric_models)
+def all_models(metric_models):
+    """Model ids of every backbone: the tiny ones, and the shipped mini world's (which have no default)."""
+    return dict(metric_models, mini=str(MINI_WORLD / "evaluator"), readout=str(MINI_WORLD / "readout"))
+
+
+@pytest.fixture(scope="session")
+def backbones(all_models):
+    return Backbones(list(METRICS), model_ids=all_models)
 
 
 def _noise(seed, size=(48, 40)):
@@ -39,8 +47,50 @@ def _disc(size=(48, 40), colour=(220, 120, 30)):
 def test_registry():
     for names in PROTOCOLS.values():
         assert all(n in METRICS for n in names)
-    assert {m.backbone for m in METRICS.values()} == set(metrics.DEFAULT_MODEL_IDS)
+    assert {m.backbone for m in METRICS.values()} == set(BACKBONES)
     assert {m.kind for m in METRICS.values()} == {"image", "text", "attributes"}
+    # the mini world's, found through its entry point
+    assert PROTOCOLS["mini"] == ["mini_patch", "mini_clip_i", "mini_clip_t", "attr_prompt", "attr_subject"]
+    assert BACKBONES["mini"].default_id is None and BACKBONES["readout"].default_id is None
+
+
+def test_a_registered_backbone_is_scored_like_the_builtin_ones(metric_models):
+    """A backbone, metric and protocol registered by a plugin (here: the tiny DINO's class under
+    another name) are loaded and scored through Backbones like DINO itself."""
+    @metrics.register_backbone
+    class OtherDino(metrics.DINOBackbone):
+        name, default_id = "other_dino", metric_models["dino"]
+
+    try:
+        metrics.register_metric(Metric("other_dino_i", "other_dino", "image"))
+        assert metrics.register_protocol("other", ["other_dino_i", "dino"]) == ["other_dino_i", "dino"]
+        backbones = Backbones(PROTOCOLS["other"], model_ids={"dino": metric_models["dino"]})
+        assert backbones.model_ids == {"other_dino": metric_models["dino"], "dino": metric_models["dino"]}
+        assert isinstance(backbones["other_dino"], OtherDino)
+        a, b = _noise(0), _disc()
+        scores = score_images(backbones, ["other_dino_i", "dino"], [a, b], ["x"] * 2, [a, _noise(1)])
+        assert scores["other_dino_i"] == scores["dino"]
+        with pytest.raises(DTIError, match="'other_dino' has no text encoder"):
+            backbones.text_embeddings("other_dino", ["x"])
+        with pytest.raises(DTIError, match="already registered"):
+            metrics.register_metric(Metric("other_dino_i", "dino", "image"))
+        for bad in (lambda: metrics.register_metric(Metric("x_i", "no_such_backbone", "image")),
+                    lambda: metrics.register_protocol("x", ["other_dino_i", "no_such_metric"]),
+                    lambda: Backbones(["other_dino_i"], model_ids={"no_such_backbone": "x"}),
+                    lambda: Backbones(["no_such_metric"])):
+            with pytest.raises(DTIError, match="unknown") as info:
+                bad()
+            assert "\n" not in str(info.value) and "no_such" in str(info.value)
+    finally:
+        PROTOCOLS.pop("other", None)
+        METRICS.pop("other_dino_i", None)
+        BACKBONES.pop("other_dino", None)
+
+
+def test_a_backbone_without_default_needs_a_model_id():
+    with pytest.raises(DTIError, match="pass --model-id mini=PATH") as info:
+        Backbones(["mini_patch", "mini_clip_t"])
+    assert "\n" not in str(info.value) and "mini_patch, mini_clip_t" in str(info.value)
 
 
 def test_same_image_gives_cosine_one(backbones):
@@ -140,7 +190,7 @@ ROWS = [  # subject, prompt_index, seed, file, scoring text
 
 def _write_manifest(path, rows=ROWS, drop=()):
     records = []
-    for i, (subject, prompt_index, seed, file, text) in enumerate(rows):
+    for subject, prompt_index, seed, file, text in rows:
         records.append(dict(
             run=f"runs/{subject}_dti", method="dti", family="sd", base_model="tiny", subject=subject,
             class_noun=subject, prompt_set="live", prompt_index=prompt_index,
@@ -156,7 +206,7 @@ def _write_manifest(path, rows=ROWS, drop=()):
 def dataset(tmp_path):
     root = tmp_path
     (root / "samples" / "images").mkdir(parents=True)
-    for k, (subject, _, _, file, _) in enumerate(ROWS):
+    for k, (_, _, _, file, _) in enumerate(ROWS):
         if "missing" not in file:
             _noise(10 + k, (W, H)).save(root / "samples" / file)
     manifest = _write_manifest(root / "samples" / "manifest.csv")
@@ -190,6 +240,11 @@ def test_score_manifest_end_to_end(dataset, metric_models):
     siglip = df.loc[df["metric"] == "siglip", "value"].dropna()
     assert ((siglip > 0) & (siglip < 1)).all()
     assert df.attrs["model_ids"]["clip"] == metric_models["clip"]
+    out = dataset["root"] / "scores.csv"
+    metrics.write_scores(df, out, {"manifest": str(dataset["manifest"]), "metrics": names})
+    pd.testing.assert_frame_equal(pd.read_csv(out), df, check_dtype=False)
+    about = json.loads((dataset["root"] / "scores.csv.json").read_text())
+    assert about["metrics"] == names and about["model_ids"] == df.attrs["model_ids"] and "torch" in about["versions"]
 
     # a row agrees with score_images on the same inputs
     backbones = Backbones(names, model_ids=metric_models)

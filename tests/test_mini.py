@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from dti.io import DTIError, load_tensors
-from dti.mini import build, gates, models, world
+from miniworld import build, gates, models, world
 
 WORLD = Path(__file__).resolve().parents[1] / "experiments" / "mini" / "world"
 
@@ -239,6 +239,7 @@ def test_text_sensitivity_is_zero_for_words_the_encoder_cannot_tell_apart():
     assert after["colour"] == pytest.approx(before["colour"])
 
 
+@pytest.mark.slow
 @shipped
 def test_gates_run_on_a_small_sample(tmp_path):
     report = gates.run_gates(WORLD, tmp_path, quick=True)
@@ -270,7 +271,8 @@ def test_dti_personalization_on_a_mini_subject_keeps_its_norm(tmp_path):
 def test_attribute_metrics_read_what_the_prompt_asks():
     from PIL import Image
 
-    from dti.metrics import Backbones, mini_expectations, score_images
+    from dti.metrics import Backbones, score_images
+    from miniworld.metrics import mini_expectations
 
     expect = mini_expectations(WORLD / "prompt_sets.json", WORLD / "subjects.csv")
     subject = world.SUBJECTS[0]

@@ -12,6 +12,7 @@ from safetensors import safe_open
 from dti import DTIError, TrainConfig, load_embeddings, rescale, train
 from dti.embeddings import read_run
 from dti.families import FAMILIES
+from dti.train import resolve_config
 from dti.io import load_tensors, save_tensors
 
 CPU = torch.device("cpu")
@@ -22,7 +23,7 @@ def make_cfg(family, method, model, images, steps=3, **overrides):
     sets = [f"{k}={v}" for k, v in {"resolution": 64, "batch_size": 2, "grad_accum": 1, **overrides}.items()]
     cfg = TrainConfig(method=method, model=str(model), images=str(images), placeholder="<sks>",
                       initializer="stuffed animal", steps=steps, family=family).set(sets)
-    return cfg.resolved()
+    return resolve_config(cfg)
 
 
 def load_family(cfg):
@@ -35,6 +36,7 @@ def read_log(run_dir):
                 for r in csv.DictReader(f)]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family_name", ["sd", "sdxl", "sana"])
 @pytest.mark.parametrize("method", ["ti", "crossinit", "dti"])
 def test_method_trains_and_loads_into_stock_pipeline(tiny_models, ref_images, tmp_path, family_name, method):
@@ -214,7 +216,7 @@ def test_rescale_sets_norm_and_keeps_direction(tiny_models, ref_images, tmp_path
     cfg = make_cfg("sdxl", "ti", tiny_models["sdxl"], ref_images, steps=3, lr=0.5)
     ti_run = train(cfg, tmp_path / "ti")
     out = rescale(ti_run, tmp_path / "ti_rescaled", "mean")
-    (ti_record, ti_rows), (record, rows) = read_run(ti_run), read_run(out)
+    (_, ti_rows), (record, rows) = read_run(ti_run), read_run(out)
     assert record["method"] == "ti_rescaled"
     for enc, a, b in zip(record["encoders"], ti_rows, rows):
         target = record["vocab_norms"][enc]["mean"]
@@ -244,7 +246,7 @@ def test_crossinit_initial_vectors_are_the_encoder_output(tiny_models, ref_image
 
 
 def test_v_prediction_sd_trains_against_the_velocity(ref_images, tmp_path):
-    from dti import tiny
+    from tests import tiny
 
     model = tiny.build_sd(tmp_path / "sd_v", prediction_type="v_prediction")
     cfg = make_cfg("sd", "dti", model, ref_images, steps=2)

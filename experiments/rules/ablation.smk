@@ -6,33 +6,37 @@ ABLATION = config.get("ablation", {"cells": []})
 CELLS = Paramspace(pd.DataFrame(ABLATION["cells"], columns=["direction_optimizer", "m_star", "kappa"]),
                    filename_params="*")
 ABLATION_SUBJECTS = ABLATION.get("subjects") or SUBJECTS
+CELL = f"{OUT}/ablation/{CELLS.wildcard_pattern}"  # one cell's folder, with the cell's wildcards
+
+
+def cell_tables(cell: str) -> str:
+    """The aggregated scores of one cell (a folder name under ablation/; "default": the default DTI cell)."""
+    return f"{OUT}/ablation/{cell}/tables"
+
+
+def cell_summary(cell: str) -> str:
+    return f"{cell_tables(cell)}/summary.csv"
 
 
 rule train_ablation:
     input: MODEL_INPUT, images=IMAGES_INPUT
-    output: f"{OUT}/ablation/{CELLS.wildcard_pattern}/runs/dti/{{subject}}/seed{{seed}}/learned_embeds.safetensors"
+    output: embeds=run_embeds("dti", "{subject}", "{seed}", prefix=CELL)
     wildcard_constraints: seed=r"\d+"
     params:
-        run=lambda w, output: os.path.dirname(output[0]),
-        initializer=lambda w: TABLE[w.subject]["initializer"],
-        settings=lambda w: settings({**config.get("train", {}), **CELLS.instance(w)}),
-        env=torch_env("train"),
-        gpu=gpu_wrap("train"),
+        **train_params(run=lambda wildcards, output: os.path.dirname(output.embeds),
+                       settings=lambda wildcards: settings({**config.get("train", {}), **CELLS.instance(wildcards)})),
     threads: threads("train")
     resources: **job_resources("train")
     log: f"{OUT}/logs/ablation/{CELLS.wildcard_pattern}/{{subject}}_seed{{seed}}.log"
-    shell:
-        "{params.env} {params.gpu} {PY} -m dti train --model {config[model]} --method dti --images {input.images}/{wildcards.subject}"
-        " --placeholder '<{wildcards.subject}>' --initializer '{params.initializer}' --seed {wildcards.seed}"
-        " --out {params.run} --resume {params.settings} > {log} 2>&1"
+    shell: train_command("dti")
 
 
 rule ablation_cell:
     localrule: True
-    input: lambda w: scores_of(f"{OUT}/ablation/{CELLS.wildcard_pattern.format(**w)}", ["dti"], ABLATION_SUBJECTS)
-    output: f"{OUT}/ablation/{CELLS.wildcard_pattern}/tables/summary.csv"
-    params: out=lambda w, output: os.path.dirname(output[0]), subjects=" ".join(ABLATION_SUBJECTS)
-    shell: "{PY} -m dti aggregate --scores {input} --subject-names {params.subjects} --out {params.out}"
+    input: lambda wildcards: scores_of(CELL.format(**wildcards), ["dti"], ABLATION_SUBJECTS)
+    output: summary=cell_summary(CELLS.wildcard_pattern)
+    params: **aggregate_params(lambda wildcards, output: os.path.dirname(output.summary), ABLATION_SUBJECTS)
+    shell: AGGREGATE_COMMAND
 
 
 def cell_label(row) -> str:
@@ -44,20 +48,23 @@ rule ablation_default:
     # The default DTI cell on the ablation's subjects, from the main table's DTI runs.
     localrule: True
     input: scores_of(OUT, ["dti"], ABLATION_SUBJECTS)
-    output: f"{OUT}/ablation/default/tables/summary.csv"
-    params: out=f"{OUT}/ablation/default/tables", subjects=" ".join(ABLATION_SUBJECTS)
-    shell: "{PY} -m dti aggregate --scores {input} --subject-names {params.subjects} --out {params.out}"
+    output: summary=cell_summary("default")
+    params: **aggregate_params(cell_tables("default"), ABLATION_SUBJECTS)
+    shell: AGGREGATE_COMMAND
 
 
 rule ablation_table:
     localrule: True
     input:
-        default=rules.ablation_default.output[0],
-        cells=expand(f"{OUT}/ablation/{{cell}}/tables/summary.csv", cell=CELLS.instance_patterns),
-    output: report(f"{OUT}/tables/ablation.md", caption="../report/ablation_table.rst", category="Tables"),
-            f"{OUT}/tables/ablation.csv", f"{OUT}/tables/ablation.tex", f"{OUT}/tables/ablation_summary.csv"
+        default=rules.ablation_default.output.summary,
+        cells=[cell_summary(pattern) for pattern in CELLS.instance_patterns],
+    output:
+        md=report(f"{OUT}/tables/ablation.md", caption="../report/ablation_table.rst", category="Tables"),
+        csv=f"{OUT}/tables/ablation.csv",
+        tex=f"{OUT}/tables/ablation.tex",
+        summary=f"{OUT}/tables/ablation_summary.csv",
     params:
-        cells=" ".join(f"--cell '{cell_label(row)}={OUT}/ablation/{pattern}/tables/summary.csv'"
+        cells=" ".join(f"--cell '{cell_label(row)}={cell_summary(pattern)}'"
                        for (_, row), pattern in zip(CELLS.iterrows(), CELLS.instance_patterns)),
         paper=f"--paper {config['paper_numbers']}" if config.get("paper_numbers") else "",
     shell:

@@ -2,8 +2,7 @@
 # under figures/, tidy tables under tables/.
 
 ANALYSES = config.get("analyses", {})
-MAIN_RUNS = expand(f"{OUT}/runs/{{method}}/{{subject}}/seed{{seed}}/learned_embeds.safetensors",
-                   method=ALL_METHODS, subject=SUBJECTS, seed=SEEDS)
+MAIN_RUNS = expand(run_embeds("{method}", "{subject}", "{seed}"), method=ALL_METHODS, subject=SUBJECTS, seed=SEEDS)
 MAIN_RUN_DIRS = " ".join(os.path.dirname(f) for f in MAIN_RUNS)
 # Analyses that place each method's token among words use one subject, so figures stay legible.
 FIRST_RUN_DIRS = " ".join(run_dir(m, SUBJECTS[0], SEEDS[0]) for m in ALL_METHODS)
@@ -27,7 +26,9 @@ rule vocab_norms:
     params: env=torch_env("analysis")
     threads: threads("analysis")
     resources: **job_resources("analysis")
-    shell: "{params.env} {PY} -m analysis.vocab_norms --model {config[model]} --runs {MAIN_RUN_DIRS} --figures {FIGURES} --tables {TABLES}"
+    shell:
+        "{params.env} {PY} -m analysis.vocab_norms --model {config[model]} --runs {MAIN_RUN_DIRS} --figures {FIGURES}"
+        " --tables {TABLES}"
 
 
 rule nearest_words:
@@ -36,7 +37,9 @@ rule nearest_words:
     params: env=torch_env("analysis")
     threads: threads("analysis")
     resources: **job_resources("analysis")
-    shell: "{params.env} {PY} -m analysis.nearest_words --model {config[model]} --runs {FIRST_RUN_DIRS} --tables {TABLES}"
+    shell:
+        "{params.env} {PY} -m analysis.nearest_words --model {config[model]} --runs {FIRST_RUN_DIRS}"
+        " --tables {TABLES}"
 
 
 rule positional_probe:
@@ -78,21 +81,22 @@ rule contextual_map:
 
 
 PAIR = ANALYSES.get("interpolation", SUBJECTS[:2])
+INTERPOLATED = ["dti", "ti"]  # the methods whose two concepts are interpolated (slerp for DTI, lerp for TI)
 
 
 rule interpolation:
-    input: a=run_dir("{method}", PAIR[0], SEEDS[0]) + "/learned_embeds.safetensors",
-           b=run_dir("{method}", PAIR[1], SEEDS[0]) + "/learned_embeds.safetensors"
+    input: a=run_embeds("{method}", PAIR[0], SEEDS[0]), b=run_embeds("{method}", PAIR[1], SEEDS[0])
     output:
-        report(f"{FIGURES}/interpolation_{{method}}/interpolation_grid.png", caption="../report/interpolation.rst", category="Figures"),
+        report(f"{FIGURES}/interpolation_{{method}}/interpolation_grid.png", caption="../report/interpolation.rst",
+               category="Figures"),
         f"{FIGURES}/interpolation_{{method}}/interpolation_scores.png",
         f"{TABLES}/interpolation_{{method}}/interpolation.csv",
-    wildcard_constraints: method="dti|ti"
+    wildcard_constraints: method="|".join(INTERPOLATED)
     params:
         env=torch_env("sample"),
         gpu=gpu_wrap("sample"),
         settings=settings(config["sample"].get("settings")),
-        a=lambda w, input: os.path.dirname(input.a), b=lambda w, input: os.path.dirname(input.b),
+        a=lambda wildcards, input: os.path.dirname(input.a), b=lambda wildcards, input: os.path.dirname(input.b),
         refs=f"--references-a {DATA['images']}/{PAIR[0]} --references-b {DATA['images']}/{PAIR[1]}",
         classes=f"--class-a '{TABLE[PAIR[0]]['class']}' --class-b '{TABLE[PAIR[1]]['class']}'",
     threads: threads("sample")
@@ -109,7 +113,7 @@ rule interpolation:
 
 rule ablation_view:
     localrule: True
-    input: main=rules.aggregate_main.output[0], ablation=f"{TABLES}/ablation_summary.csv"
+    input: main=rules.aggregate_main.output.summary, ablation=rules.ablation_table.output.summary
     output: figure("ablation_view"), f"{TABLES}/ablation_view.csv"
     shell:
         "{PY} -m analysis.ablation_view --main {input.main} --ablation {input.ablation} --image-metric {IMAGE_METRIC}"
@@ -118,5 +122,5 @@ rule ablation_view:
 
 ANALYSIS_OUTPUTS = [rules.training_curves.output, rules.vocab_norms.output, rules.nearest_words.output,
                     rules.positional_probe.output, rules.residual_stagnation.output, rules.contextual_map.output,
-                    expand(rules.interpolation.output, method=[m for m in ("dti", "ti") if m in METHODS]),
+                    expand(rules.interpolation.output, method=[m for m in INTERPOLATED if m in METHODS]),
                     rules.ablation_view.output if ABLATION["cells"] else []]

@@ -15,6 +15,6 @@ rule mini_world:
     params: threads=min(CORES, CPUS), device=config.get("mini_world_device", "cpu")
     log: "results/mini_build/build.log"
     shell:
-        "({PY} -m dti.mini.build --work results/mini_build/work --out {output[0]} --threads {params.threads}"
-        " --device {params.device} && {PY} -m dti.mini.gates --world {output[0]} --out results/mini_build/gates"
+        "({PY} -m miniworld.build --work results/mini_build/work --out {output[0]} --threads {params.threads}"
+        " --device {params.device} && {PY} -m miniworld.gates --world {output[0]} --out results/mini_build/gates"
         " --threads {params.threads} --device {params.device}) > {log} 2>&1"

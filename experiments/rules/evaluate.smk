@@ -1,15 +1,17 @@
 # Evaluation: sample every run's prompt set, score it, aggregate, and write the main table.
 # Sample and score are generic over the folder holding the runs ({prefix}: the main table's or
 # one ablation cell's), so both tables are made by the same rules.
+SAMPLES = "{prefix}/samples/{method}/{subject}/seed{seed}"  # one run's images and manifest.csv
+SCORES = "{prefix}/scores/{method}/{subject}/seed{seed}.csv"  # one run's scores
 
 
 rule sample:
-    input: run="{prefix}/runs/{method}/{subject}/seed{seed}/learned_embeds.safetensors", world=WORLD_FILES
-    output: "{prefix}/samples/{method}/{subject}/seed{seed}/manifest.csv"
+    input: run=run_embeds("{method}", "{subject}", "{seed}", prefix="{prefix}"), world=WORLD_FILES
+    output: manifest=f"{SAMPLES}/manifest.csv"
     wildcard_constraints: seed=r"\d+", method=r"[a-z_]+", subject=r"[^/]+"
     params:
-        run=lambda w: f"{w.prefix}/runs/{w.method}/{w.subject}/seed{w.seed}",
-        out=lambda w: f"{w.prefix}/samples/{w.method}/{w.subject}/seed{w.seed}",
+        run=lambda wildcards: run_dir(wildcards.method, wildcards.subject, wildcards.seed, prefix=wildcards.prefix),
+        out=lambda wildcards: SAMPLES.format(**wildcards),
         settings=settings(config["sample"].get("settings")),
         env=torch_env("sample"),
         gpu=gpu_wrap("sample"),
@@ -17,40 +19,45 @@ rule sample:
     resources: **job_resources("sample")
     log: "{prefix}/logs/sample/{method}_{subject}_seed{seed}.log"
     shell:
-        "{params.env} {params.gpu} {PY} -m dti sample --run {params.run} --out {params.out} --subject {wildcards.subject}"
+        "{params.env} {params.gpu} {PY} -m dti sample --run {params.run} --out {params.out}"
+        " --subject {wildcards.subject}"
         " --prompts {DATA[prompt_set]} --prompts-file {DATA[prompts_file]} --subjects-file {DATA[subjects_file]}"
         " --seeds {SAMPLE_SEEDS} {params.settings} > {log} 2>&1"
 
 
 rule score:
-    input: manifest="{prefix}/samples/{method}/{subject}/seed{seed}/manifest.csv", images=IMAGES_INPUT
-    output: "{prefix}/scores/{method}/{subject}/seed{seed}.csv"
+    input: manifest=rules.sample.output.manifest, images=IMAGES_INPUT
+    output: SCORES
     wildcard_constraints: seed=r"\d+", method=r"[a-z_]+", subject=r"[^/]+"
     params: env=torch_env("score"), gpu=gpu_wrap("score"), device=SCORE.get("device", "auto")
     threads: threads("score")
     resources: **job_resources("score")
     log: "{prefix}/logs/score/{method}_{subject}_seed{seed}.log"
     shell:
-        "{params.env} {params.gpu} {PY} -m dti score --manifest {input.manifest} --references {input.images} --protocol {SCORE[protocol]}"
+        "{params.env} {params.gpu} {PY} -m dti score --manifest {input.manifest} --references {input.images}"
+        " --protocol {SCORE[protocol]}"
         " {MODEL_IDS} {ATTRIBUTES} {MASKS} --device {params.device} --out {output} > {log} 2>&1"
 
 
+MAIN_SCORES = f"{OUT}/tables/main_scores"  # the main table's aggregated scores
+
+
 def scores_of(prefix, methods, subjects):
-    return expand(f"{prefix}/scores/{{method}}/{{subject}}/seed{{seed}}.csv", method=methods, subject=subjects,
-                  seed=SEEDS)
+    """Every seed's scores of the given methods and subjects, under ``prefix``."""
+    return expand(SCORES, prefix=prefix, method=methods, subject=subjects, seed=SEEDS)
 
 
 rule aggregate_main:
     localrule: True
     input: scores_of(OUT, ALL_METHODS, SUBJECTS)
-    output: f"{OUT}/tables/main_scores/summary.csv", f"{OUT}/tables/main_scores/per_subject.csv"
-    params: out=f"{OUT}/tables/main_scores", subjects=" ".join(SUBJECTS)
-    shell: "{PY} -m dti aggregate --scores {input} --subject-names {params.subjects} --out {params.out}"
+    output: summary=f"{MAIN_SCORES}/summary.csv", per_subject=f"{MAIN_SCORES}/per_subject.csv"
+    params: **aggregate_params(MAIN_SCORES, SUBJECTS)
+    shell: AGGREGATE_COMMAND
 
 
 rule main_table:
     localrule: True
-    input: rules.aggregate_main.output[0]
+    input: rules.aggregate_main.output.summary
     output: report(f"{OUT}/tables/main.md", caption="../report/main_table.rst", category="Tables"),
             f"{OUT}/tables/main.csv", f"{OUT}/tables/main.tex"
     params: paper=f"--paper {config['paper_numbers']}" if config.get("paper_numbers") else ""

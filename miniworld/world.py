@@ -223,7 +223,8 @@ def random_scene(rng, held_out: set) -> Scene:
             shapes = [first, twin]
         else:  # a companion shape
             position = "center"
-            shapes = [random_shape(rng, size="small", position="left"), random_shape(rng, size="small", position="right")]
+            shapes = [random_shape(rng, size="small", position="left"),
+                      random_shape(rng, size="small", position="right")]
         if all(s.colour != background and (s.cls, s.colour, background) not in held_out for s in shapes):
             break
     scene = Scene(background=background, shapes=shapes, position=position)

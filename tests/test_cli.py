@@ -1,71 +1,16 @@
-"""Small units: configuration, m* statistics, token positions, image checks, the command line."""
+"""The command line: one-line errors for bad input, and the commands chained as a user runs them."""
 
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pandas as pd
 import pytest
-import torch
 from PIL import Image
 
-from dti import DTIError, TrainConfig
-from dti import tiny
 from dti.cli import main
-from dti.families import initializer_positions, vocab_norm_stats
-
-
-def test_family_defaults_follow_the_paper_protocol():
-    sdxl = TrainConfig(method="dti", family="sdxl").resolved()
-    assert (sdxl.resolution, sdxl.batch_size, sdxl.grad_accum, sdxl.steps) == (768, 4, 1, 400)
-    assert (sdxl.lr, sdxl.kappa, sdxl.beta, sdxl.m_star) == (0.04, 1e-4, 0.0, "mean")
-    sana = TrainConfig(method="dti", family="sana").resolved()
-    assert (sana.resolution, sana.batch_size, sana.grad_accum, sana.steps, sana.kappa) == (1024, 2, 2, 500, 5e-5)
-    ti = TrainConfig(method="ti", family="sana").resolved()
-    assert (ti.lr, ti.weight_decay) == (0.02, 0.0)
-    assert TrainConfig(method="crossinit", family="sdxl").resolved().weight_decay == 1e-2
-    assert TrainConfig(method="ti", family="sd").set(["lr=0.1"]).resolved().lr == 0.1
-
-
-@pytest.mark.parametrize("assignment, message", [
-    ("lerning_rate=0.1", "unknown key 'lerning_rate' in --set; valid keys: .*lr"),
-    ("steps=many", "--set steps=many: expected a value of type int"),
-    ("complex_human_instruction=maybe", "expected a value of type bool"),
-    ("noequals", "--set expects key=value"),
-])
-def test_set_rejects_bad_assignments(assignment, message):
-    with pytest.raises(DTIError, match=message):
-        TrainConfig().set([assignment])
-
-
-@pytest.mark.parametrize("key, value, message", [
-    ("m_star", "huge", "m_star must be mean, min, max or a positive number"),
-    ("m_star", "-1", "m_star must be positive"),
-    ("direction_optimizer", "sgd", "direction_optimizer must be rsgd or adamw"),
-    ("kappa", "-1", "kappa must be >= 0"),
-    ("batch_size", "0", "batch_size must be >= 1"),
-])
-def test_resolved_rejects_bad_values(key, value, message):
-    with pytest.raises(DTIError, match=message):
-        TrainConfig(method="dti", family="sd").set([f"{key}={value}"]).resolved()
-
-
-def test_vocab_norm_stats_skip_zero_rows():
-    w = torch.tensor([[3.0, 4.0], [0.0, 0.0], [1.0, 0.0], [0.0, 2.0]])
-    stats = vocab_norm_stats(w)
-    assert stats["mean"] == pytest.approx(8 / 3) and stats["min"] == 1.0 and stats["max"] == 5.0
-
-
-def test_initializer_positions_with_right_and_left_padding():
-    tok = tiny.clip_tokenizer()
-    init = tok("stuffed animal", add_special_tokens=False).input_ids
-    assert len(init) == 2
-    right = tok("stuffed animal", padding="max_length", max_length=12).input_ids
-    assert initializer_positions(right, init) == [1, 2]  # after BOS
-    tok.padding_side = "left"
-    left = tok("stuffed animal", padding="max_length", max_length=12).input_ids
-    assert initializer_positions(left, init) == [9, 10]  # 8 pads, BOS, the two tokens, EOS
-    gemma = tiny.gemma_tokenizer()
-    g_init = gemma("stuffed animal", add_special_tokens=False).input_ids
-    g_ids = gemma("stuffed animal", padding="max_length", max_length=20).input_ids
-    assert g_ids[0] == gemma.bos_token_id and initializer_positions(g_ids, g_init) == list(range(1, 1 + len(g_init)))
-    with pytest.raises(DTIError, match="not in its own encoding"):
-        initializer_positions(right[:2], init)
 
 
 def _train_args(model, images, out, *extra):
@@ -125,11 +70,6 @@ def test_cli_rescale_needs_a_run(tmp_path, capsys):
 
 def test_command_line_end_to_end(tiny_models, ref_images, tmp_path):
     """`python -m dti train` then `python -m dti rescale`, as a user runs them."""
-    import json
-    import os
-    import subprocess
-    import sys
-
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     run = subprocess.run([sys.executable, "-m", "dti", "train", "--model", str(tiny_models["sd"]),
                           "--method", "ti", "--images", str(ref_images), "--placeholder", "<sks>",
@@ -152,19 +92,40 @@ def test_command_line_end_to_end(tiny_models, ref_images, tmp_path):
     assert not (tmp_path / "x").exists()
 
 
-def test_dreambooth_images_load_and_preprocess():
-    from conftest import dreambooth_dir
+TEMPLATES = ["a {} in the jungle", "a red {}"]
 
-    from dti.data import list_images, load_reference
 
-    root = dreambooth_dir()
-    if root is None:
-        pytest.skip("DreamBooth images not present")
-    subjects = sorted(p for p in root.iterdir() if p.is_dir())
-    assert len(subjects) == 30
-    files = [f for s in subjects for f in list_images(s)]
-    assert len(files) == 158
-    for f in files[::10]:
-        ref = load_reference(f, 64, 8)
-        assert min(ref.pixels.shape[1:]) == 64 and ref.pixels.shape[1] % 8 == 0 and ref.pixels.shape[2] % 8 == 0
-        assert -1.0 <= ref.pixels.min() and ref.pixels.max() <= 1.0
+def test_train_sample_score_aggregate_through_the_command_line(sd_run, ref_images, metric_models, tmp_path, capsys):
+    """The evaluation commands chained as a user runs them, on a tiny pipeline and tiny metric models."""
+    prompts = tmp_path / "prompts.json"
+    prompts.write_text(json.dumps({"mini": {"object": TEMPLATES, "live": TEMPLATES}}))
+    subjects = tmp_path / "subjects.csv"
+    subjects.write_text("subject,class,dti_class,initializer,live\nblob,ball,ball,ball,False\n"
+                        "other,ball,ball,ball,False\n")
+    references = tmp_path / "refs"
+    shutil.copytree(ref_images, references / "blob")
+    assert main(["sample", "--run", str(sd_run), "--subject", "blob", "--prompts", "mini", "--prompts-file",
+                 str(prompts), "--subjects-file", str(subjects), "--seeds", "0", "1", "--out", str(tmp_path / "s"),
+                 "--set", "steps=2"]) == 0
+    ids = [f"--model-id={k}={v}" for k, v in metric_models.items()]
+    for protocol in ("paper", "dreambooth"):
+        assert main(["score", "--manifest", str(tmp_path / "s" / "manifest.csv"), "--references", str(references),
+                     "--protocol", protocol, "--out", str(tmp_path / f"{protocol}.csv"), *ids]) == 0
+    paper = pd.read_csv(tmp_path / "paper.csv")
+    assert sorted(paper["metric"].unique()) == ["dinov2", "siglip"] and len(paper) == 2 * 2 * 2
+    assert paper["value"].between(-1, 1).all() and set(paper["references"]) == {"unmasked"}
+    siglip = paper[paper["metric"] == "siglip"]["value"]
+    assert siglip.between(0, 1).all()
+    assert main(["aggregate", "--scores", str(tmp_path / "paper.csv"), str(tmp_path / "dreambooth.csv"),
+                 "--subjects-file", str(subjects), "--out", str(tmp_path / "tables")]) == 0
+    summary = pd.read_csv(tmp_path / "tables" / "summary.csv")
+    assert sorted(summary["metric"]) == ["clip_i", "clip_t", "dino", "dinov2", "siglip", "siglip_cos"]
+    assert summary["mean"].isna().all() and (summary["missing_subjects"] == "other").all()  # never a 0
+    assert set(summary["references"]) == {"unmasked"}  # every table says whether references were masked
+    means = summary.set_index("metric")["mean_available"]
+    assert means["dinov2"] == pytest.approx(paper[paper["metric"] == "dinov2"]["value"].mean())
+    capsys.readouterr()
+    assert main(["score", "--manifest", str(tmp_path / "s" / "manifest.csv"), "--references", str(references),
+                 "--metrics", "dinov3", "--out", str(tmp_path / "x.csv")]) == 2
+    assert "dinov3" in capsys.readouterr().err
+    assert not (tmp_path / "x.csv").exists()

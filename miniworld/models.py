@@ -18,7 +18,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..io import DTIError, atomic_path, load_tensors, save_tensors
+from dti.io import DTIError, atomic_path, load_tensors, save_tensors
+
 from . import world
 
 MAX_TOKENS = 24

@@ -1,10 +1,10 @@
 """Pretrain the mini world from its seed, in resumable stages.
 
-    python -m dti.mini.build --work results/mini_build --out experiments/mini/world
+    python -m miniworld.build --work results/mini_build --out experiments/mini/world
 
 Stages run in order; each keeps a checkpoint (safetensors) and a loss log in ``WORK/<stage>``
 and is skipped once finished, so an interrupted build continues where it stopped, also in
-another sitting. ``export`` writes the shipped folder; ``gates`` measures it (``dti.mini.gates``).
+another sitting. ``export`` writes the shipped folder; ``gates`` measures it (``miniworld.gates``).
 """
 
 from __future__ import annotations
@@ -22,38 +22,38 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..config import _f, apply_assignments
-from ..io import (DTIError, atomic_path, load_tensors, package_versions, read_json, save_tensors, truncate_log,
-                  write_json)
-from ..train import resolve_device
+from dti.config import apply_assignments, option
+from dti.devices import resolve_device
+from dti.io import (DTIError, atomic_path, load_tensors, package_versions, read_json, save_tensors, truncate_log,
+                    write_json)
+
 from . import models, world
 
 
 @dataclass
 class BuildConfig:
-    seed: int = _f(0, "World seed: data, initialisations and batch draws all derive from it.")
-    train_images: int = _f(120_000, "Pretraining scenes (conditioning CLIP, VAE, UNet).")
-    eval_images: int = _f(40_000, "Scenes of a second seed (evaluator CLIP, read-out).")
-    vae_steps: int = _f(4750, "VAE steps.")
-    vae_batch: int = _f(128, "VAE batch size (2,500 steps at 32 lose shape: the read-out finds the class "
-                                  "of its reconstructions 0.73 of the time).")
-    vae_decode_sample: bool = _f(False, "Train the decoder on posterior samples (the first shipped build) instead of the "
-                                        "posterior mean the UNet is trained on; the samples' noise blurs the decoder.")
-    clip_steps: int = _f(2000, "Steps of the conditioning CLIP.")
-    clip_batch: int = _f(128, "CLIP batch (each with one hard-negative caption per image).")
-    clip_image_tower: str = _f("cnn", "Image tower of the conditioning CLIP: 'cnn' (models.ImageTower) or 'vit' "
-                                      "(CLIPModel's own, the first shipped build; it does not see shape).")
-    clip_attribute_weight: float = _f(1.0, "Weight of the conditioning CLIP's image-side attribute heads (0: "
-                                           "contrastive only, the first shipped build; its text encoder mutes class words).")
-    text_width: int = _f(64, "Width of the conditioning text encoder.")
-    evaluator_width: int = _f(96, "Width of the evaluator CLIP (a different model from the conditioning one).")
-    evaluator_steps: int = _f(1200, "Steps of the evaluator CLIP.")
-    unet_steps: int = _f(6500, "UNet steps (shape is learned late: 3,750 steps draw the asked class 0.62 of the time).")
-    unet_batch: int = _f(128, "UNet batch size.")
-    unet_lr: float = _f(6e-4, "UNet peak learning rate (AdamW, warm-up then cosine).")
-    caption_dropout: float = _f(0.1, "Share of empty captions in UNet training (for classifier-free guidance).")
-    readout_steps: int = _f(1000, "Attribute read-out steps.")
-    checkpoint_every: int = _f(250, "Steps between checkpoints.")
+    seed: int = option(0, "World seed: data, initialisations and batch draws all derive from it.")
+    train_images: int = option(120_000, "Pretraining scenes (conditioning CLIP, VAE, UNet).")
+    eval_images: int = option(40_000, "Scenes of a second seed (evaluator CLIP, read-out).")
+    vae_steps: int = option(4750, "VAE steps.")
+    vae_batch: int = option(128, "VAE batch size.")
+    vae_decode_sample: bool = option(False, "Train the decoder on posterior samples instead of the posterior mean the "
+                                            "UNet is trained on.")
+    clip_steps: int = option(2000, "Steps of the conditioning CLIP.")
+    clip_batch: int = option(128, "CLIP batch (each with one hard-negative caption per image).")
+    clip_image_tower: str = option("cnn", "Image tower of the conditioning CLIP: 'cnn' (models.ImageTower) or 'vit' "
+                                          "(CLIPModel's own).")
+    clip_attribute_weight: float = option(1.0, "Weight of the conditioning CLIP's image-side attribute heads "
+                                               "(0: contrastive only).")
+    text_width: int = option(64, "Width of the conditioning text encoder.")
+    evaluator_width: int = option(96, "Width of the evaluator CLIP (a different model from the conditioning one).")
+    evaluator_steps: int = option(1200, "Steps of the evaluator CLIP.")
+    unet_steps: int = option(6500, "UNet steps.")
+    unet_batch: int = option(128, "UNet batch size.")
+    unet_lr: float = option(6e-4, "UNet peak learning rate (AdamW, warm-up then cosine).")
+    caption_dropout: float = option(0.1, "Share of empty captions in UNet training (for classifier-free guidance).")
+    readout_steps: int = option(1000, "Attribute read-out steps.")
+    checkpoint_every: int = option(250, "Steps between checkpoints.")
 
 
 IMAGE_TOWERS = ("vit", "cnn")  # the conditioning CLIP's image tower: CLIPModel's own, or models.ImageTower
@@ -108,7 +108,8 @@ class Stage:
 
     def __init__(self, folder: Path, modules: dict[str, torch.nn.Module], optimizer, steps: int, lr: float,
                  warmup: int = 100, ema: dict[str, torch.nn.Module] | None = None):
-        self.folder, self.modules, self.opt, self.steps, self.lr, self.warmup = folder, modules, optimizer, steps, lr, warmup
+        self.folder, self.modules, self.opt = folder, modules, optimizer
+        self.steps, self.lr, self.warmup = steps, lr, warmup
         self.ema = ema or {}
         self.seconds_before = 0.0  # training time of earlier sittings, up to the checkpoint resumed from
         device = next(next(iter(modules.values())).parameters()).device
@@ -184,8 +185,8 @@ class Stage:
                     writer.writerow({"step": step, **{k: f"{v:.5f}" for k, v in values.items()},
                                      "seconds": f"{time.time() - t0:.1f}"})
                     f.flush()
-                    print(f"{self.folder.name} {step}/{self.steps} " + " ".join(f"{k}={v:.4f}" for k, v in values.items()),
-                          flush=True)
+                    said = " ".join(f"{k}={v:.4f}" for k, v in values.items())
+                    print(f"{self.folder.name} {step}/{self.steps} {said}", flush=True)
                 if (step + 1) % every == 0 and step + 1 < self.steps:
                     self.save(step + 1, time.time() - t0)
         self.save(self.steps, time.time() - t0)
@@ -246,7 +247,10 @@ def train_clip(folder: Path, data: dict, tokenizer, width: int, steps: int, batc
     def step_fn(step, gen):
         idx = torch.randint(len(images), (batch,), generator=gen)
         pixels = models.clip_pixels(images[idx]).to(device)
-        pooled = modules["image"](pixels) if image_tower == "cnn" else model.vision_model(pixel_values=pixels).pooler_output
+        if image_tower == "cnn":
+            pooled = modules["image"](pixels)
+        else:
+            pooled = model.vision_model(pixel_values=pixels).pooler_output
         img = F.normalize(model.visual_projection(pooled), dim=-1)
         txt = embed_text(torch.cat([captions[idx], negatives[idx]]).to(device))
         scale = model.logit_scale.exp().clamp(max=100)
@@ -503,12 +507,13 @@ def build(work: Path, out: Path, cfg: BuildConfig, threads: int | None = None, d
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m dti.mini.build", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m miniworld.build", description=__doc__.splitlines()[0])
     parser.add_argument("--work", required=True, help="Folder for data, checkpoints and logs (resumable).")
     parser.add_argument("--out", required=True, help="Folder to write the shipped world to.")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice).")
-    parser.add_argument("--device", default="cpu", help="Device to train on (cpu, cuda, cuda:1, auto, ...); the batches "
-                                                        "are drawn on the CPU, so every device sees the same data.")
+    parser.add_argument("--device", default="cpu",
+                        help="Device to train on (cpu, cuda, cuda:1, auto, ...); the batches are drawn on the CPU, "
+                             "so every device sees the same data.")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="Override a BuildConfig field.")
     args = parser.parse_args(argv)
     try:

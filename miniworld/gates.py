@@ -1,6 +1,6 @@
 """Quality gates of a mini world: does it mean something?
 
-    python -m dti.mini.gates --world experiments/mini/world --out results/mini/gates [--quick]
+    python -m miniworld.gates --world experiments/mini/world --out results/mini/gates [--quick]
 
 * read-out: attribute accuracy on fresh renders (its own check: it judges the others), and on
   their VAE reconstructions (reported, not gated: the ceiling of the base model);
@@ -26,7 +26,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..io import DTIError, atomic_path, package_versions, write_json
+from dti.io import DTIError, atomic_path, package_versions, write_json
+
 from . import models, world
 
 THRESHOLDS = {"base_model.background": 0.9, "base_model.class": 0.8, "base_model.position": 0.8,
@@ -152,10 +153,10 @@ def personalization(world_dir: Path, pipe, evaluator, subjects: list[str], steps
                     device: str = "cpu") -> dict:
     """TI on each subject; image similarity (evaluator patch and CLIP embeddings) of 'a photo of a X'
     with X = the learned token vs X = the class word, and the wall times of training and sampling."""
-    from ..data import list_images, read_subjects
-    from ..embeddings import load_embeddings
-    from ..sample import SampleConfig, sample
-    from ..train import TrainConfig, train
+    from dti.data import list_images, read_subjects
+    from dti.embeddings import load_embeddings
+    from dti.sample import SampleConfig, sample
+    from dti.train import TrainConfig, train
     from PIL import Image
 
     table = {r["subject"]: r for r in read_subjects(world_dir / "subjects.csv")}
@@ -199,7 +200,7 @@ def run_gates(world_dir, out, quick: bool = False, threads: int | None = None, d
 
     if threads:
         torch.set_num_threads(threads)
-    from ..train import resolve_device
+    from dti.devices import resolve_device
 
     device = str(resolve_device(device))
     world_dir, out = Path(world_dir), Path(out)
@@ -233,7 +234,7 @@ def run_gates(world_dir, out, quick: bool = False, threads: int | None = None, d
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m dti.mini.gates", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m miniworld.gates", description=__doc__.splitlines()[0])
     parser.add_argument("--world", required=True, help="A mini world folder (pipeline/, evaluator/, readout/, ...).")
     parser.add_argument("--out", required=True, help="Folder for gates.json, base_model.csv/png, runs and samples.")
     parser.add_argument("--quick", action="store_true", help="Small samples and a 20-step TI (for tests).")

@@ -1,0 +1,130 @@
+"""A training run's folder: whether to start, resume or stop, its checkpoint and its step log.
+
+A run folder holds ``run.json`` (configuration, inputs, status), ``train_log.csv`` (one row per
+step, encoder and vector), ``checkpoint.safetensors`` (learned rows, optimizer state, random
+state, step) and the embedding files of its family.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from .config import TrainConfig
+from .families import ENCODER_FILES, SDXL_SINGLE_FILE
+from .io import DTIError, load_tensors, read_json, save_tensors
+
+LOG_FIELDS = ["step", "encoder", "vector", "loss", "norm", "cos_to_initializer", "cos_to_initial",
+              "angle_deg", "grad_norm", "update_norm", "lr"]
+CHECKPOINT = "checkpoint.safetensors"
+RECORD = "run.json"
+LOG = "train_log.csv"
+
+
+def run_state(out_dir: Path, cfg: TrainConfig, resume: bool, inputs: dict) -> str:
+    """'fresh', 'resume' or 'complete'; refuses to mix runs. A run whose base model or images have
+    changed since (as when a workflow re-runs it for that reason) is trained again from step 0."""
+    record_path = out_dir / RECORD
+    if not record_path.exists():
+        if out_dir.exists() and any(out_dir.iterdir()) and not resume:
+            raise DTIError(f"output folder {out_dir} is not empty and holds no run; choose another --out")
+        return "fresh"
+    if not resume:
+        raise DTIError(f"{out_dir} already holds a run; pass --resume to continue it or choose another --out")
+    record = read_json(record_path)
+    old = record.get("config", {})
+    if old.get("method") != cfg.method:
+        raise DTIError(f"{out_dir} holds a {old.get('method')} run, not {cfg.method}; cannot resume it")
+    new = dataclasses.asdict(cfg)
+    differ = sorted(k for k in new if k != "steps" and old.get(k) != new[k])
+    if differ:
+        raise DTIError(f"cannot resume {out_dir}: configuration differs in {', '.join(differ)}")
+    if record.get("inputs") != inputs:
+        print(f"{out_dir}: its base model or images changed since it was trained; training again from step 0",
+              file=sys.stderr)
+        for name in (CHECKPOINT, *ENCODER_FILES, SDXL_SINGLE_FILE):
+            (out_dir / name).unlink(missing_ok=True)
+        return "fresh"
+    outputs_present = (out_dir / ENCODER_FILES[0]).exists()
+    if record.get("status") == "complete" and old.get("steps") == cfg.steps and outputs_present:
+        return "complete"
+    return "resume" if (out_dir / CHECKPOINT).exists() else "fresh"
+
+
+def save_checkpoint(path: Path, step: int, method, optimizer, gen: torch.Generator):
+    """The method's learned tensors, its optimizer's state and the training generator, at ``step``."""
+    tensors = {f"param.{i}": p.detach() for i, p in enumerate(method.params)}
+    scalars = {}
+    for idx, state in optimizer.state_dict()["state"].items():
+        for key, value in state.items():
+            if torch.is_tensor(value):
+                tensors[f"optim.{idx}.{key}"] = value
+            else:
+                scalars[f"{idx}.{key}"] = value
+    tensors["rng.train"] = gen.get_state()
+    save_tensors(tensors, path, {"step": step, "method": method.name, "optimizer_scalars": json.dumps(scalars)})
+
+
+def load_checkpoint(path: Path, method, optimizer, gen: torch.Generator) -> int:
+    """Restore what ``save_checkpoint`` wrote; returns its step."""
+    from safetensors import safe_open
+
+    tensors = load_tensors(path)
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata()
+    with torch.no_grad():
+        for i, p in enumerate(method.params):
+            p.copy_(tensors[f"param.{i}"].to(p.device))
+    state: dict[int, dict] = {}
+    for key, value in tensors.items():
+        if key.startswith("optim."):
+            _, idx, name = key.split(".", 2)
+            state.setdefault(int(idx), {})[name] = value
+    for key, value in json.loads(meta["optimizer_scalars"]).items():
+        idx, name = key.split(".", 1)
+        state.setdefault(int(idx), {})[name] = value
+    optimizer_state = optimizer.state_dict()
+    optimizer_state["state"] = state
+    optimizer.load_state_dict(optimizer_state)
+    gen.set_state(tensors["rng.train"])
+    return int(meta["step"])
+
+
+class StepLog:
+    """``train_log.csv``, opened once per run (appending on resume), flushed after every step so
+    that it can be watched while training runs."""
+
+    def __init__(self, path: Path):
+        new = not path.exists()
+        self.file = path.open("a", newline="")
+        self.writer = csv.DictWriter(self.file, fieldnames=LOG_FIELDS)
+        if new:
+            self.writer.writeheader()
+
+    def write(self, step, loss, embeds, initial, init_rows, before=None, grads=None, updates=None, lr=float("nan")):
+        """One row per encoder and vector: norm, cosines to the initializer word and the initial
+        vector, the angle moved since ``before``, gradient and normalised update norms."""
+        cos = torch.nn.functional.cosine_similarity
+        nan = float("nan")
+        for enc, e in enumerate(embeds):
+            cos_init_word = cos(e, init_rows[enc], dim=1)
+            cos_initial = cos(e, initial[enc], dim=1)
+            angle = torch.rad2deg(torch.arccos(cos(e, before[enc], dim=1).clamp(-1, 1))) if before else None
+            for j in range(e.shape[0]):
+                self.writer.writerow({
+                    "step": step, "encoder": enc, "vector": j, "loss": loss, "norm": e[j].norm().item(),
+                    "cos_to_initializer": cos_init_word[j].item(), "cos_to_initial": cos_initial[j].item(),
+                    "angle_deg": angle[j].item() if angle is not None else nan,
+                    "grad_norm": grads[enc][j].norm().item() if grads else nan,
+                    "update_norm": updates[enc][j].norm().item() if updates else nan,
+                    "lr": lr,
+                })
+        self.file.flush()
+
+    def close(self):
+        self.file.close()

@@ -1,0 +1,94 @@
+"""The mini world's scores, registered with ``dti.metrics`` (entry point ``dti.metrics``):
+
+* backbone ``mini``, the evaluator CLIP: ``mini_patch`` (mean patch state, the DINO analogue)
+  and ``mini_clip_i`` image similarity, ``mini_clip_t`` text similarity;
+* backbone ``readout``, the attribute read-out: the share of the prompt's asked attributes
+  that an image shows (``attr_prompt``, text fidelity) and of the subject's own class, colour
+  and pattern (``attr_subject``, identity);
+* protocol ``mini``: all five.
+
+Both backbones are folders of a world (``experiments/mini/world/evaluator`` and ``.../readout``
+for the shipped one) with no default: pass ``--model-id mini=PATH --model-id readout=PATH``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+from dti.io import DTIError
+from dti.metrics import Backbone, Metric, register_backbone, register_metric, register_protocol
+
+from .models import Evaluator, Readout
+
+
+def _folder(model_id: str) -> str:
+    if not Path(model_id).is_dir():
+        raise DTIError(f"no folder {model_id}")
+    return model_id
+
+
+@register_backbone
+class EvaluatorBackbone(Backbone):
+    """The evaluator CLIP; views "clip" (its projected embedding) and "patch" (mean patch state)."""
+
+    name = "mini"
+
+    def __init__(self, model_id: str, device="cpu", batch_size: int = 16):
+        super().__init__(model_id, device, batch_size)
+        self.model = Evaluator(_folder(model_id), self.device)
+
+    def image_embeddings(self, images, view: str = "clip"):
+        return self._batched(images, lambda batch: self.model.image_embeddings(batch, view), "images")
+
+    def text_embeddings(self, texts: list[str]):
+        return self.model.text_embeddings(texts)
+
+
+@register_backbone
+class ReadoutBackbone(Backbone):
+    """The attribute read-out: every attribute of ``world.HEADS`` per image."""
+
+    name = "readout"
+
+    def __init__(self, model_id: str, device="cpu", batch_size: int = 16):
+        super().__init__(model_id, device, batch_size)
+        self.model = Readout.load(_folder(model_id), self.device)
+
+    def predict(self, images) -> dict[str, list]:
+        return self.model.predict(images)
+
+
+def mini_expectations(prompt_sets, subjects) -> Callable:
+    """``f(subject, prompt_set, prompt_index) -> {"prompt": ..., "subject": ...}`` from a mini world's
+    prompt sets (with their ``attributes``) and subjects table (class, colour, pattern)."""
+    from dti.data import read_subjects
+
+    sets = json.loads(Path(prompt_sets).read_text())
+    table = {r["subject"]: r for r in read_subjects(subjects)}
+
+    def expect(subject: str, prompt_set: str, index: int) -> dict:
+        if subject not in table:
+            raise DTIError(f"subject {subject!r} is not in {subjects}")
+        attributes = sets.get(prompt_set, {}).get("attributes")
+        if attributes is None:
+            raise DTIError(f"prompt set {prompt_set!r} in {prompt_sets} has no 'attributes' list")
+        prompt = dict(attributes[int(index)])
+        row = table[subject]
+        own = {"class": row["class"], "colour": row["colour"], "pattern": row["pattern"]}
+        if prompt.get("count") == 2:  # two objects: the read-out says only how many
+            own = {}
+        own = {k: v for k, v in own.items() if k not in prompt}  # a recolouring prompt overrides the colour
+        return {"prompt": prompt, "subject": own}
+    return expect
+
+
+for _metric in [Metric("mini_patch", "mini", "image", view="patch"),
+                Metric("mini_clip_i", "mini", "image"),
+                Metric("mini_clip_t", "mini", "text"),
+                Metric("attr_prompt", "readout", "attributes", view="prompt", expectations=mini_expectations),
+                Metric("attr_subject", "readout", "attributes", view="subject", expectations=mini_expectations)]:
+    register_metric(_metric)
+register_protocol("mini", ["mini_patch", "mini_clip_i", "mini_clip_t", "attr_prompt", "attr_subject"])
+del _metric

@@ -1,0 +1,91 @@
+"""Sampling protocol: browsable images and manifest, per-image seeds, resume only from the same inputs."""
+
+import os
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from dti import DTIError
+from dti.data import read_prompt_set
+from dti.io import load_tensors, save_tensors
+from dti.sample import SampleConfig, sample
+
+
+TEMPLATES = ["a {} in the jungle", "a red {}"]
+
+
+def test_sample_writes_browsable_images_and_a_manifest(sd_run, tmp_path):
+    manifest = sample(sd_run, tmp_path, "dog", "dog", TEMPLATES, [0, 1], "dti_simple",
+                      SampleConfig().set(["steps=2"]))
+    rows = pd.read_csv(manifest)
+    assert len(rows) == 4
+    assert list(rows["file"]) == ["dog/00_a_x_in_the_jungle/seed0.png", "dog/00_a_x_in_the_jungle/seed1.png",
+                                  "dog/01_a_red_x/seed0.png", "dog/01_a_red_x/seed1.png"]
+    assert rows["prompt"][0] == "a <sks> in the jungle" and rows["scoring_text"][2] == "a red dog."
+    assert set(rows["method"]) == {"dti"} and set(rows["steps"]) == {2} and set(rows["guidance_scale"]) == {7.5}
+    assert set(rows["height"]) == {64} and set(rows["scheduler"]) == {"DDIMScheduler"}
+    for f in rows["file"]:
+        with Image.open(tmp_path / f) as im:
+            assert im.mode == "RGB" and im.size == (64, 64)
+    a = np.asarray(Image.open(tmp_path / rows["file"][0]))
+    b = np.asarray(Image.open(tmp_path / rows["file"][1]))
+    assert not np.array_equal(a, b)  # the seeds differ
+
+
+def test_image_depends_on_run_prompt_and_seed_alone_and_reruns_resume(sd_run, tmp_path):
+    cfg = SampleConfig().set(["steps=2"])
+    both = pd.read_csv(sample(sd_run, tmp_path / "both", "dog", "dog", TEMPLATES, [0, 1], "p", cfg))
+    alone = pd.read_csv(sample(sd_run, tmp_path / "alone", "dog", "dog", TEMPLATES[1:], [1], "p", cfg))
+    x = np.asarray(Image.open(tmp_path / "both" / both["file"][3]), dtype=int)
+    y = np.asarray(Image.open(tmp_path / "alone" / alone["file"][0]), dtype=int)
+    assert np.abs(x - y).max() <= 2  # same seed, other batch: equal up to float rounding
+    mixed = pd.read_csv(sample(sd_run, tmp_path / "mixed", "dog", "dog", TEMPLATES, [0, 1], "p",
+                               SampleConfig().set(["steps=2", "batch_size=3"])))  # calls of 3 and 1, across prompts
+    for f in both["file"]:
+        x = np.asarray(Image.open(tmp_path / "both" / f), dtype=int)
+        assert np.abs(x - np.asarray(Image.open(tmp_path / "mixed" / f), dtype=int)).max() <= 2
+    assert list(mixed["file"]) == list(both["file"])
+
+    files = [tmp_path / "both" / f for f in both["file"]]
+    stamps = [os.stat(f).st_mtime_ns for f in files]
+    files[2].write_bytes(files[2].read_bytes()[:100])  # a truncated image from a crash
+    sample(sd_run, tmp_path / "both", "dog", "dog", TEMPLATES, [0, 1], "p", cfg)
+    after = [os.stat(f).st_mtime_ns for f in files]
+    assert after[:2] == stamps[:2] and after[3] == stamps[3]  # intact images are kept
+    with Image.open(files[2]) as im:
+        im.load()
+        assert im.size == (64, 64)
+
+
+def test_rerun_with_other_vectors_redoes_every_image(sd_run, tmp_path):
+    """Kept images must come from the same inputs: a workflow re-runs a sampling job when the run it
+    samples was trained again, into the same folder."""
+    cfg = SampleConfig().set(["steps=2"])
+    rows = pd.read_csv(sample(sd_run, tmp_path / "out", "dog", "dog", TEMPLATES, [0], "p", cfg))
+    files = [tmp_path / "out" / f for f in rows["file"]]
+    before = [np.asarray(Image.open(f)) for f in files]
+    retrained = tmp_path / "retrained"
+    shutil.copytree(sd_run, retrained)
+    vectors = load_tensors(retrained / "learned_embeds.safetensors")
+    save_tensors({k: v.flip(-1) for k, v in vectors.items()}, retrained / "learned_embeds.safetensors")
+    sample(retrained, tmp_path / "out", "dog", "dog", TEMPLATES, [0], "p", cfg)
+    after = [np.asarray(Image.open(f)) for f in files]
+    redone = sample(retrained, tmp_path / "fresh", "dog", "dog", TEMPLATES, [0], "p", cfg)
+    fresh = [np.asarray(Image.open(redone.parent / f)) for f in rows["file"]]
+    assert all(np.array_equal(a, f) for a, f in zip(after, fresh))
+    assert not all(np.array_equal(a, b) for a, b in zip(after, before))
+
+
+def test_sample_bad_input(sd_run, tmp_path):
+    with pytest.raises(DTIError, match="is not a run directory"):
+        sample(tmp_path, tmp_path / "o", "dog", "dog", TEMPLATES, [0], "p")
+    with pytest.raises(DTIError, match="unknown prompt set 'dti_fancy'; available: dreambooth, dti_simple"):
+        read_prompt_set("dti_fancy", live=False)
+    with pytest.raises(DTIError, match="no seeds given"):
+        sample(sd_run, tmp_path / "o", "dog", "dog", TEMPLATES, [], "p")
+    with pytest.raises(DTIError, match="batch_size must be at least 1, got 0"):
+        sample(sd_run, tmp_path / "o", "dog", "dog", TEMPLATES, [0], "p", SampleConfig().set(["batch_size=0"]))
+    assert not (tmp_path / "o").exists()
