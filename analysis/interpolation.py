@@ -160,13 +160,9 @@ def write_interpolated_runs(run_a, run_b, ts, out_dir, mode: str | None = None,
 
 
 def _reference_images(folder) -> list[Image.Image]:
-    from dti.data import list_images
+    from dti.data import list_images, open_rgb
 
-    images = []
-    for path in list_images(folder):
-        with Image.open(path) as im:
-            images.append(im.convert("RGB"))
-    return images
+    return [open_rgb(path, "reference") for path in list_images(folder)]
 
 
 def _check_templates(templates) -> list[str]:

@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .io import DTIError, atomic_path
+from .io import DTIError, atomic_path, one_line
+
 
 def _keys(scores: pd.DataFrame) -> list[str]:
     """Grouping keys; tables keep saying whether references were masked when the scores say so."""
@@ -62,25 +63,46 @@ def summarize(scores: pd.DataFrame, subjects: list[str] | None = None, n_boot: i
     return pd.DataFrame(rows)
 
 
+NEEDED = ("method", "metric", "subject", "value")
+
+
+def _read_score_file(path: Path) -> pd.DataFrame:
+    """One score file, checked: a CSV with the needed columns and a numeric ``value`` (NaN allowed:
+    a missing image), else a one-line error naming the file."""
+    if not path.is_file():
+        raise DTIError(f"scores file {path} not found")
+    try:
+        frame = pd.read_csv(path)
+    except pd.errors.EmptyDataError:
+        raise DTIError(f"scores file {path} is empty") from None
+    except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as exc:
+        raise DTIError(f"scores file {path} is not a readable CSV ({one_line(exc)})") from None
+    missing = [c for c in NEEDED if c not in frame.columns]
+    if missing:
+        raise DTIError(f"scores file {path} lacks column(s) {', '.join(missing)}")
+    value = frame["value"]
+    if not pd.api.types.is_numeric_dtype(value) or pd.api.types.is_bool_dtype(value):
+        bad = pd.to_numeric(value, errors="coerce").isna() & value.notna()
+        row = int(np.flatnonzero(bad)[0]) if bad.any() else 0
+        raise DTIError(f"scores file {path}: column value is not numeric (row {row + 1}: {str(value.iloc[row])!r})")
+    return frame
+
+
 def read_scores(paths: list[str | Path]) -> pd.DataFrame:
-    frames = []
-    for path in paths:
-        path = Path(path)
-        if not path.is_file():
-            raise DTIError(f"scores file {path} not found")
-        frames.append(pd.read_csv(path))
+    frames = [_read_score_file(Path(path)) for path in paths]
     scores = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
-    needed = {"method", "metric", "subject", "value"}
-    if scores.empty or not needed <= set(scores.columns):
-        raise DTIError(f"no score rows with columns {sorted(needed)} in {', '.join(map(str, paths))}")
+    if scores.empty:
+        raise DTIError(f"no score rows with columns {sorted(NEEDED)} in {', '.join(map(str, paths))}")
     return scores
 
 
 def write_tables(scores: pd.DataFrame, out_dir: str | Path, subjects: list[str] | None = None) -> Path:
     """``per_subject.csv``, ``summary.csv`` and a Markdown view of the summary."""
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise DTIError(f"tables output {out_dir} is a file; give a folder")
     summary = summarize(scores, subjects)
+    out_dir.mkdir(parents=True, exist_ok=True)
     for name, frame in (("per_subject.csv", subject_means(scores)), ("summary.csv", summary)):
         with atomic_path(out_dir / name) as tmp:
             frame.to_csv(tmp, index=False)

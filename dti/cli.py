@@ -144,7 +144,9 @@ def _sample(args):
 
 def _score(args):
     from .devices import resolve_device
-    from .metrics import PROTOCOLS, expectations_for, parse_model_ids, score_manifest, write_scores
+    from .io import exclusive
+    from .metrics import (PROTOCOLS, check_inputs, check_scores_out, expectations_for, parse_model_ids, score_inputs,
+                          write_scores)
 
     if args.metrics:
         metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
@@ -155,11 +157,15 @@ def _score(args):
     model_ids = parse_model_ids(args.model_id)
     if bool(args.prompt_sets) != bool(args.subjects):
         raise DTIError("--prompt-sets and --subjects go together")
+    out = check_scores_out(args.out)  # a bad --out must fail now, not after all the scoring
+    device = str(resolve_device(args.device))
     expectations = expectations_for(metrics, args.prompt_sets, args.subjects) if args.prompt_sets else None
-    scores = score_manifest(args.manifest, args.references, metrics, model_ids, str(resolve_device(args.device)),
-                            args.batch_size, args.masks, expectations)
-    write_scores(scores, args.out, {"manifest": args.manifest, "references": args.references, "metrics": metrics,
-                                    "masks": args.masks})
+    inputs = check_inputs(args.manifest, args.references, metrics, model_ids, args.masks, expectations)
+    # two scorers of one file must not interleave their CSV and JSON; the lock file stays (removing it would race)
+    with exclusive(f"{out}.lock", f"scores {out}"):
+        scores = score_inputs(inputs, device, args.batch_size)
+        write_scores(scores, out, {"manifest": args.manifest, "references": args.references, "metrics": metrics,
+                                   "masks": args.masks})
     return args.out
 
 

@@ -9,6 +9,7 @@ from the method's (``Method.defaults``); ``dti.train.resolve_config`` fills them
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 
 from .io import DTIError
@@ -77,20 +78,44 @@ class TrainConfig:
         return cfg
 
     def validate(self):
+        """Every field set and in range (a resolved configuration)."""
         unset = [f.name for f in dataclasses.fields(self) if getattr(self, f.name) is None]
         if unset:
             raise DTIError(f"no value for {', '.join(unset)}: set it, or resolve the family's and method's defaults")
-        for name in ("steps", "batch_size", "grad_accum", "resolution"):
-            if getattr(self, name) < 1:
-                raise DTIError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.lr <= 0:
-            raise DTIError(f"lr must be positive, got {self.lr}")
+        self.check()
+
+    def check(self):
+        """The fields that are set are in range (``None``: a default comes later). Runs before any
+        model loads, and in the workflow before any job starts."""
+        for name in ("steps", "batch_size", "grad_accum", "resolution", "max_sequence_length"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise DTIError(f"{name} must be >= 1, got {value}")
+        check_seed(self.seed)
+        if any(c.isspace() for c in self.placeholder):
+            raise DTIError(f"placeholder {self.placeholder!r} must be one word (no spaces), e.g. <sks>")
+        if self.checkpoint_every < 0:
+            raise DTIError(f"checkpoint_every must be >= 0, got {self.checkpoint_every}")
+        positive = {"lr": self.lr, "adam_eps": self.adam_eps}
+        at_least_zero = {"kappa": self.kappa, "weight_decay": self.weight_decay,
+                         "crossinit_lambda": self.crossinit_lambda}
+        for name, value in {**positive, **at_least_zero}.items():
+            if value is None:
+                continue
+            if not math.isfinite(value):
+                raise DTIError(f"{name} must be a finite number, got {value}")
+            if name in positive and value <= 0:
+                raise DTIError(f"{name} must be positive, got {value}")
+            if value < 0:
+                raise DTIError(f"{name} must be >= 0, got {value}")
+        for name in ("beta", "adam_beta1", "adam_beta2"):
+            value = getattr(self, name)
+            if not 0 <= value < 1:  # also refuses NaN
+                raise DTIError(f"{name} must be in [0, 1), got {value}")
         if self.direction_optimizer not in ("rsgd", "adamw"):
             raise DTIError(f"direction_optimizer must be rsgd or adamw, got {self.direction_optimizer!r}")
         if self.mixed_precision not in ("bf16", "fp16", "no"):
             raise DTIError(f"mixed_precision must be bf16, fp16 or no, got {self.mixed_precision!r}")
-        if self.kappa < 0:
-            raise DTIError(f"kappa must be >= 0, got {self.kappa}")
         parse_m_star(self.m_star)
 
     def set(self, assignments: list[str]) -> "TrainConfig":
@@ -128,6 +153,13 @@ def _convert(key: str, type_name: str, raw: str):
     return raw
 
 
+def check_seed(seed: int) -> int:
+    """Seeds are what torch's generators take: 0 <= seed < 2**63."""
+    if not 0 <= int(seed) < 2**63:
+        raise DTIError(f"seed must be in [0, 2**63), got {seed}")
+    return int(seed)
+
+
 def parse_m_star(value: str) -> str | float:
     """``mean``/``min``/``max`` stay names; anything else must be a positive number."""
     if value in ("mean", "min", "max"):
@@ -136,6 +168,6 @@ def parse_m_star(value: str) -> str | float:
         number = float(value)
     except (TypeError, ValueError):
         raise DTIError(f"m_star must be mean, min, max or a positive number, got {value!r}") from None
-    if not number > 0:
-        raise DTIError(f"m_star must be positive, got {value!r}")
+    if not (number > 0 and math.isfinite(number)):
+        raise DTIError(f"m_star must be a positive finite number, got {value!r}")
     return number

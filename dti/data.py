@@ -5,19 +5,22 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 import shutil
 import tempfile
 import urllib.request
+import warnings
 import zipfile
+import zlib
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps
 
-from .io import DTIError
+from .io import DTIError, one_line
 
 
 def load_templates(key: str) -> list[str]:
@@ -28,42 +31,105 @@ def load_templates(key: str) -> list[str]:
     return data[key]
 
 
+# Images bigger than this are refused (PIL's own warning threshold, about 9459x9459): decoding one
+# takes gigabytes, and a small file can claim such a size (a decompression bomb). Downscale larger photos.
+MAX_PIXELS = 89_478_485
+_ORIENTATION = 0x0112  # the EXIF tag
+# What a broken or odd file raises while being identified, decoded or converted.
+_UNREADABLE = (OSError, SyntaxError, ValueError, EOFError, TypeError, IndexError, zlib.error)
+
+
+def open_image(path: str | Path, what: str = "") -> Image.Image:
+    """The image at ``path`` fully decoded (a truncated file fails here, not after a model has
+    loaded), turned upright by its EXIF orientation, in its own mode. Its size is checked against
+    ``MAX_PIXELS`` from the header, before decoding. Errors name ``what`` (e.g. "reference") and the file."""
+    label = f"{what} {path}" if what else str(path)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the size check below is ours
+            with Image.open(path) as im:
+                w, h = im.size
+                if w * h > MAX_PIXELS:
+                    raise DTIError(f"{label} is too large: {w}x{h} = {w * h} pixels, over the limit of {MAX_PIXELS} "
+                                   "(a possible decompression bomb; downscale it)")
+                im.load()
+                if im.getexif().get(_ORIENTATION, 1) != 1:
+                    return ImageOps.exif_transpose(im)
+                return im
+    except Image.DecompressionBombError as exc:  # PIL's own refusal, at twice its warning threshold
+        pixels = re.search(r"\((\d+) pixels\)", str(exc))
+        raise DTIError(f"{label} is too large: {pixels.group(1) if pixels else 'too many'} pixels, over the limit of "
+                       f"{MAX_PIXELS} (a possible decompression bomb; downscale it)") from None
+    except _UNREADABLE as exc:
+        raise DTIError(f"{label}: not a readable image ({one_line(exc)})") from None
+
+
+def to_rgb(im: Image.Image, label: str = "image") -> Image.Image:
+    """8-bit RGB. ``convert("RGB")`` clips wider greyscale to 0..255 (a 16-bit photo turns all white),
+    so those are scaled: 16-bit integers (modes I;16*, and I with values in 0..65535) by 1/257,
+    floats (mode F) read as 0..1. Other ranges of I and F are refused: their scale is unknown."""
+    if im.mode == "RGB":
+        return im
+    if im.mode.startswith("I") or im.mode == "F":
+        values = np.asarray(im)
+        lo, hi = (float(values.min()), float(values.max())) if values.size else (0.0, 0.0)
+        if im.mode == "F":
+            if not (np.isfinite(values).all() and lo >= 0.0 and hi <= 1.0):
+                raise DTIError(f"{label}: floating-point image with values outside 0..1 ({lo:g}..{hi:g}); "
+                               "save it as 8- or 16-bit")
+            grey = values * 255.0
+        else:
+            if lo < 0 or hi > 65535:
+                raise DTIError(f"{label}: {im.mode} image with values outside 0..65535 ({lo:g}..{hi:g}); "
+                               "save it as 8- or 16-bit")
+            grey = values.astype(np.float64) / 257.0
+        return Image.fromarray(np.rint(grey).astype(np.uint8), "L").convert("RGB")
+    try:
+        return im.convert("RGB")
+    except _UNREADABLE as exc:
+        raise DTIError(f"{label}: cannot convert mode {im.mode} to RGB ({one_line(exc)})") from None
+
+
+def open_rgb(path: str | Path, what: str = "") -> Image.Image:
+    """``open_image`` as 8-bit RGB (``to_rgb``): how every photo is read, for training and as a score reference."""
+    return to_rgb(open_image(path, what), f"{what} {path}" if what else str(path))
+
+
 def list_images(folder: str | Path) -> list[Path]:
-    """Every non-hidden file of the folder, sorted; each must be a readable image."""
+    """Every non-hidden file of the folder, sorted; each must be an image that decodes fully to RGB
+    (checked here, before any model loads)."""
     folder = Path(folder)
     if not folder.is_dir():
         raise DTIError(f"image folder {folder} does not exist")
+    broken = sorted(p.name for p in folder.iterdir() if p.is_symlink() and not p.exists())
+    if broken:
+        raise DTIError(f"image folder {folder}: {', '.join(broken)} link(s) to nothing")
     files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
     if not files:
         raise DTIError(f"image folder {folder} is empty")
     for path in files:
-        try:
-            with Image.open(path) as im:
-                im.verify()
-        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-            raise DTIError(f"{path}: not a readable image ({type(exc).__name__})") from None
+        open_rgb(path)
     return files
 
 
 @dataclass
 class ReferenceImage:
     pixels: torch.Tensor        # [3, H, W] in [-1, 1], short side = resolution
-    original_size: tuple[int, int]  # (height, width) of the file
+    original_size: tuple[int, int]  # (height, width) of the upright image
 
 
 def load_reference(path: Path, resolution: int, multiple: int) -> ReferenceImage:
     """Resize the short side to ``resolution`` and trim the long side (centred) to a multiple of
     the VAE's pixels per latent, so random crops can be taken in latent space."""
-    with Image.open(path) as im:
-        im = im.convert("RGB")
-        w, h = im.size
-        scale = resolution / min(w, h)
-        nw, nh = max(resolution, round(w * scale)), max(resolution, round(h * scale))
-        im = im.resize((nw, nh), Image.BICUBIC)
-        tw, th = nw - nw % multiple, nh - nh % multiple
-        left, top = (nw - tw) // 2, (nh - th) // 2
-        im = im.crop((left, top, left + tw, top + th))
-        arr = torch.from_numpy(np.asarray(im, dtype=np.float32).copy()).permute(2, 0, 1)
+    im = open_rgb(path)
+    w, h = im.size
+    scale = resolution / min(w, h)
+    nw, nh = max(resolution, round(w * scale)), max(resolution, round(h * scale))
+    im = im.resize((nw, nh), Image.BICUBIC)
+    tw, th = nw - nw % multiple, nh - nh % multiple
+    left, top = (nw - tw) // 2, (nh - th) // 2
+    im = im.crop((left, top, left + tw, top + th))
+    arr = torch.from_numpy(np.asarray(im, dtype=np.float32).copy()).permute(2, 0, 1)
     return ReferenceImage(pixels=arr / 127.5 - 1.0, original_size=(h, w))
 
 
@@ -181,8 +247,8 @@ def _copy_masks(masks: Path, staging: Path, subjects: list[dict]):
             mask = masks / s["subject"] / f"{image.stem}.png"
             if not mask.is_file():
                 raise DTIError(f"mask {mask} missing for {image.name}")
-            with Image.open(mask) as m, Image.open(image) as im:
-                if m.size != im.size:
-                    raise DTIError(f"mask {mask} is {m.size}, its image {im.size}")
+            m, im = open_image(mask, "mask"), open_image(image)  # both upright, as they are scored
+            if m.size != im.size:
+                raise DTIError(f"mask {mask} is {m.size}, its image {im.size}")
             (staging / "masks" / s["subject"]).mkdir(parents=True, exist_ok=True)
             shutil.copy2(mask, staging / "masks" / s["subject"] / mask.name)

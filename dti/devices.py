@@ -7,15 +7,24 @@ import torch
 from .io import DTIError
 
 
+def check_device_name(name: str) -> str:
+    """A device name torch can parse, or 'auto' (the workflow checks names on a machine that may
+    have no GPU; ``resolve_device`` checks the GPU where the job runs)."""
+    if name == "auto":
+        return name
+    try:
+        torch.device(name)
+    except (RuntimeError, TypeError):
+        raise DTIError(f"unknown device {name!r} (auto, cpu, cuda, cuda:N, mps)") from None
+    return name
+
+
 def resolve_device(name: str) -> torch.device:
     """'auto' (the GPU if torch sees one, else the CPU) or a torch device name; a one-line error
     for a name torch does not know or a CUDA device on a machine without one."""
-    if name == "auto":
+    if check_device_name(name) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise DTIError(f"unknown device {name!r} (auto, cpu, cuda, cuda:N, mps)") from None
+    device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise DTIError(f"device {name!r} asked for, but torch sees no CUDA GPU here")
     return device

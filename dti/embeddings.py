@@ -14,6 +14,7 @@ import torch
 from .families import ENCODER_FILES, FAMILIES
 from .io import DTIError, load_tensors, read_json, write_json
 from .methods import METHODS
+from .runs import LOCK, RECORD, check_run_folder, check_vectors, folder_lock
 
 
 def run_method(record: dict) -> str:
@@ -36,11 +37,13 @@ def read_run(run_dir: str | Path) -> tuple[dict, list[torch.Tensor]]:
         if placeholder not in tensors:
             raise DTIError(f"{run_dir / file} has no vectors for {placeholder!r}")
         rows.append(tensors[placeholder])
+    check_vectors(rows, f"the vectors of {run_dir}")
     return record, rows
 
 
 def rescale(run_dir: str | Path, out_dir: str | Path, stat: str = "mean") -> Path:
-    """TI-rescaled (``methods.TIRescaled``): a TI run's vectors scaled to a vocabulary-norm statistic."""
+    """TI-rescaled (``methods.TIRescaled``): a TI run's vectors scaled to a vocabulary-norm statistic.
+    ``out_dir`` must be new, or hold this same rescale (a rerun writes it again)."""
     method = METHODS["ti_rescaled"]
     record, rows = read_run(run_dir)
     source = record["config"]["method"]
@@ -48,7 +51,33 @@ def rescale(run_dir: str | Path, out_dir: str | Path, stat: str = "mean") -> Pat
         raise DTIError(f"rescale takes a {method.source_method.upper()} run; {run_dir} is a {source} run")
     norms = method.target_norms(record["vocab_norms"], record["encoders"], stat)
     scaled = method.rescale(rows, norms)
-    out_dir = Path(out_dir)
+    check_vectors(scaled, f"the rescaled vectors of {run_dir}")
+    out_dir = check_run_folder(out_dir)
+    _check_rescale_target(Path(run_dir), out_dir, stat)  # before the lock file: a refused folder stays as it was
+    with folder_lock(out_dir, f"run folder {out_dir}"):
+        _check_rescale_target(Path(run_dir), out_dir, stat)
+        return _write_rescaled(run_dir, out_dir, stat, method, record, scaled, norms)
+
+
+def _check_rescale_target(run_dir: Path, out_dir: Path, stat: str):
+    """Refuse to write over anything but this same rescale (never over its own source run)."""
+    if out_dir.resolve() == run_dir.resolve():
+        raise DTIError(f"--out {out_dir} is the TI run itself; choose another folder")
+    present = [p for p in out_dir.iterdir() if p.name != LOCK] if out_dir.is_dir() else []
+    if not present:
+        return
+    try:
+        old = read_json(out_dir / RECORD)
+    except DTIError:
+        old = {}
+    same = (old.get("method") == METHODS["ti_rescaled"].name and old.get("rescale_stat") == stat
+            and Path(str(old.get("source_run"))).resolve() == run_dir.resolve())
+    if not same:
+        raise DTIError(f"--out {out_dir} already holds something other than this rescale of {run_dir} "
+                       f"(stat {stat}); choose another folder")
+
+
+def _write_rescaled(run_dir, out_dir: Path, stat: str, method, record: dict, scaled, norms) -> Path:
     cfg = record["config"]
     meta = {"method": method.name, "family": cfg["family"], "base_model": cfg["model"],
             "placeholder": cfg["placeholder"], "source_run": str(run_dir), "stat": stat,

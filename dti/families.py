@@ -38,6 +38,11 @@ def detect_family(model: str) -> str:
     except Exception as exc:  # noqa: BLE001 - the loaders raise many types; report one line
         raise DTIError(f"cannot read model_index.json of {model!r}: {str(exc).splitlines()[0]}") from None
     cls_name = index.get("_class_name", "")
+    if Path(model).is_dir():  # a local folder: every component it names must be there
+        named = [k for k, v in index.items() if not k.startswith("_") and isinstance(v, list) and v[0]]
+        missing = [name for name in named if not (Path(model) / name).is_dir()]
+        if missing:
+            raise DTIError(f"model folder {model} lacks {', '.join(missing)}, named in its model_index.json")
     for family in FAMILIES.values():
         if cls_name in family.pipeline_classes:
             return family.name
@@ -86,6 +91,17 @@ def initializer_positions(input_ids: list[int], init_ids: list[int]) -> list[int
         if input_ids[start:start + k] == list(init_ids):
             return list(range(start, start + k))
     raise DTIError("the initializer's tokens are not in its own encoding (truncated?)")
+
+
+def check_words_kept(tokenizer, new_ids: list[int], placeholder: str, texts: list[str]):
+    """A tokenizer matches an added token anywhere, also inside a word ("ot" splits "photo"): refuse
+    a placeholder whose tokens turn up in texts that do not contain it."""
+    new = set(new_ids)
+    for text in texts:
+        for word in text.split():
+            if new & set(tokenizer(word, add_special_tokens=False).input_ids):
+                raise DTIError(f"placeholder {placeholder!r} changes how the word {word!r} tokenizes (it is found "
+                               "inside it); choose a string that is in no word, such as <sks>")
 
 
 def vocab_norm_stats(weight: torch.Tensor) -> dict[str, float]:
@@ -188,8 +204,9 @@ class Family:
         return {}
 
     # --- tokens ---------------------------------------------------------------
-    def add_concept(self, placeholder: str, initializer: str) -> list[EncoderSlot]:
-        """Add the placeholder's k tokens to every tokenizer and wrap every encoder's input embedding."""
+    def add_concept(self, placeholder: str, initializer: str, texts: list[str] = ()) -> list[EncoderSlot]:
+        """Add the placeholder's k tokens to every tokenizer and wrap every encoder's input embedding.
+        ``texts`` (the training templates without the placeholder) must tokenize as before."""
         if self.lower_case_prompts and placeholder != placeholder.lower():
             raise DTIError(f"placeholder {placeholder!r} must be lower-case: the {self.name} pipeline "
                            "lower-cases prompts")
@@ -213,6 +230,7 @@ class Family:
             ids = tok.convert_tokens_to_ids(tokens)
             if ids != list(range(ids[0], ids[0] + len(ids))):
                 raise DTIError(f"the tokens of {placeholder!r} did not get consecutive ids in {enc_name}")
+            check_words_kept(tok, ids, placeholder, [t.lower() if self.lower_case_prompts else t for t in texts])
             base = enc.get_input_embeddings()
             wrapper = LearnedRows(base, ids[0], len(ids))
             enc.set_input_embeddings(wrapper)

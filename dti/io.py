@@ -4,41 +4,89 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import fcntl
 import hashlib
 import json
 import os
 import platform
+import re
+import socket
+import struct
 import tempfile
 from importlib import metadata
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save
 
 
 class DTIError(Exception):
     """A user-facing error: its message is one line that names the problem."""
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike):
-    """Yield a temporary path beside ``path``; rename it onto ``path`` only on success."""
+    """Yield a temporary path beside ``path``; rename it onto ``path`` only on success. The file
+    gets the mode a plain ``open`` would give (0666 less the umask), not the temporary file's 0600:
+    on a shared cluster, group members must read results."""
     path = Path(path)
+    if path.is_dir():
+        raise DTIError(f"{path} is a folder; a file of that name is to be written")
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
         yield Path(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
 
 
+@contextlib.contextmanager
+def exclusive(path: str | os.PathLike, what: str):
+    """Hold an exclusive lock on the lock file ``path`` (created if needed) while the block runs;
+    a second holder fails at once, in one line naming the first (host and process id). The lock
+    goes with the process, so a killed holder never leaves a stale one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle = open(path, "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "another process"
+        handle.close()
+        raise DTIError(f"{what} is in use by {holder} (lock {path}); wait for it or choose another output") from None
+    try:
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"process {os.getpid()} on {socket.gethostname()}\n")
+        handle.flush()
+        yield
+    finally:
+        handle.close()
+
+
 def save_tensors(tensors: dict[str, torch.Tensor], path, metadata: dict[str, str] | None = None):
+    """A safetensors file whose bytes depend on its content alone: the library writes the metadata
+    in a random order per process, so the header is rewritten with sorted keys."""
     tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    blob = save(tensors, metadata={k: str(v) for k, v in (metadata or {}).items()})
+    (size,) = struct.unpack("<Q", blob[:8])
+    header = json.loads(blob[8:8 + size])
+    text = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)  # the data stays 8-byte aligned, as the library writes it
     with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata={k: str(v) for k, v in (metadata or {}).items()})
+        tmp.write_bytes(struct.pack("<Q", len(text)) + text + blob[8 + size:])
 
 
 def load_tensors(path) -> dict[str, torch.Tensor]:
@@ -47,7 +95,10 @@ def load_tensors(path) -> dict[str, torch.Tensor]:
         raise DTIError(f"{path}: only .safetensors files are read")
     if not path.is_file():
         raise DTIError(f"{path}: no such file")
-    return load_file(str(path))
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise DTIError(f"{path}: not a readable safetensors file ({one_line(exc)})") from None
 
 
 def write_json(obj, path):
@@ -59,7 +110,27 @@ def read_json(path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise DTIError(f"{path}: no such file")
-    return json.loads(path.read_text())
+    try:
+        value = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DTIError(f"{path}: not readable JSON ({one_line(exc)})") from None
+    if not isinstance(value, dict):
+        raise DTIError(f"{path}: expected a JSON object")
+    return value
+
+
+def check_name(value: str, what: str) -> str:
+    """A plain file name (letters, digits, '.', '_', '-'; not '.' or '..'): names that become paths,
+    such as subjects, must never reach outside their folder."""
+    if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9._-]*", str(value)) or set(str(value)) == {"."}:
+        raise DTIError(f"{what} {value!r} is not a plain name (letters, digits, '.', '_', '-')")
+    return str(value)
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception as one short line: its type and its first 300 characters."""
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text[:300]}" if text else type(exc).__name__
 
 
 def package_versions() -> dict[str, str]:
@@ -74,21 +145,25 @@ def package_versions() -> dict[str, str]:
 
 
 def truncate_log(path: str | os.PathLike, last_step: int):
-    """Keep the rows of a CSV log (a ``step`` column) up to ``last_step``, atomically: what a resumed
-    run logs again after its checkpoint must not stand twice."""
+    """Keep the complete rows of a CSV log (a ``step`` column) up to ``last_step``, atomically: what a
+    resumed run logs again after its checkpoint must not stand twice, and a row cut off by a kill
+    (fewer fields than the header) must not stand at all."""
     path = Path(path)
     if not path.exists():
         return
     with path.open(newline="") as f:
-        reader = csv.DictReader(f)
-        kept = [r for r in reader if int(r["step"]) <= last_step]
-    if reader.fieldnames is None:  # empty (killed before its header): the writer starts it again
+        rows = list(csv.reader(f))
+    if not rows:  # empty (killed before its header): the writer starts it again
         path.unlink()
         return
+    header, body = rows[0], rows[1:]
+    step = header.index("step")
+    complete = [r for r in body if len(r) == len(header) and all(r) and r[step].isdigit()]
+    kept = [r for r in complete if int(r[step]) <= last_step]
     with atomic_path(path) as tmp:
         with tmp.open("w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=reader.fieldnames)
-            writer.writeheader()
+            writer = csv.writer(f)
+            writer.writerow(header)
             writer.writerows(kept)
 
 

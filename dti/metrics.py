@@ -485,17 +485,12 @@ def attribute_share(predicted: dict[str, list], index: int, wanted: dict) -> flo
 # --------------------------------------------------------------------------- #
 # Manifests: check, score, write
 # --------------------------------------------------------------------------- #
-def _open_image(path: Path, what: str, load: bool = True):
-    """The image at ``path``, decoded (``load``) or only its header read."""
-    from PIL import Image, UnidentifiedImageError
+def _open_image(path: Path, what: str):
+    """The image at ``path``, fully decoded and upright (``dti.data.open_image``: a truncated file or
+    a decompression bomb fails in one line naming it)."""
+    from .data import open_image
 
-    try:
-        with Image.open(path) as im:
-            if load:
-                im.load()
-            return im
-    except (UnidentifiedImageError, OSError, ValueError) as e:
-        raise DTIError(f"{what} {path} is not a readable image ({_one_line(e)})") from None
+    return open_image(path, what)
 
 
 def _reference_files(references: Path, subject: str) -> list[Path]:
@@ -508,11 +503,11 @@ def _reference_files(references: Path, subject: str) -> list[Path]:
     return files
 
 
-def _reference_mask(masks: Path, subject: str, reference: Path, size, load: bool = True):
+def _reference_mask(masks: Path, subject: str, reference: Path, size):
     path = masks / subject / f"{reference.stem}.png"
     if not path.is_file():
         raise DTIError(f"reference {reference} has no mask {path}")
-    mask = _open_image(path, "mask", load)
+    mask = _open_image(path, "mask")
     if mask.mode not in ("1", "L", "I", "I;16", "F"):
         raise DTIError(f"mask {path} has mode {mask.mode}; a single-channel (L or 1) mask is needed")
     if mask.size != size:
@@ -521,12 +516,20 @@ def _reference_mask(masks: Path, subject: str, reference: Path, size, load: bool
     return mask
 
 
+def _reference(path: Path, subject: str):
+    """A reference photo as training reads it (``dti.data.open_rgb``: upright, 16-bit scaled, 8-bit RGB)."""
+    from .data import open_rgb
+
+    return open_rgb(path, f"reference of subject '{subject}'")
+
+
 def _check_references(files: list[Path], subject: str, masks: Path | None):
-    """Headers only: every reference is an image and, with masks, has a fitting mask."""
+    """Every reference decodes fully to RGB and, with masks, has a fitting mask. Decoding (not only
+    the header) costs little beside scoring and catches a truncated file before any model loads."""
     for path in files:
-        size = _open_image(path, f"reference of subject '{subject}'", load=False).size
+        size = _reference(path, subject).size
         if masks is not None:
-            _reference_mask(masks, subject, path, size, load=False)
+            _reference_mask(masks, subject, path, size)
 
 
 def _load_references(files: list[Path], subject: str, masks: Path | None):
@@ -535,7 +538,7 @@ def _load_references(files: list[Path], subject: str, masks: Path | None):
 
     out = []
     for path in files:
-        image = _open_image(path, f"reference of subject '{subject}'").convert("RGB")
+        image = _reference(path, subject)
         if masks is not None:
             keep = np.asarray(_reference_mask(masks, subject, path, image.size)) > 0
             # background (mask 0) to black, as the masked-reference protocol scores the subject alone
@@ -582,8 +585,8 @@ class ScoringInputs:
 
 def check_inputs(manifest, references, metric_names, model_ids=None, masks=None, expectations=None) -> ScoringInputs:
     """Check every input of ``score_manifest`` without loading a model: a bad file should fail in
-    seconds, not after model loading. Reads the manifest, the generated images' and references'
-    headers and the masks' (a DTIError names the first bad one)."""
+    seconds, not after model loading. Reads the manifest and decodes every generated image, reference
+    and mask (a DTIError names the first bad one)."""
     names = _check_metric_names(metric_names)
     model_ids = _model_ids(names, model_ids)
     manifest = Path(manifest)
@@ -600,8 +603,9 @@ def check_inputs(manifest, references, metric_names, model_ids=None, masks=None,
         present.append(path.is_file())
         if not path.is_file():
             continue
-        header = _open_image(path, "generated image", load=False)
-        mode, size = header.mode, header.size
+        # decoded in full: a truncated image must fail here, before any model loads (they are small)
+        image = _open_image(path, "generated image")
+        mode, size = image.mode, image.size
         if mode != "RGB":
             raise DTIError(f"generated image {path} has mode {mode}; RGB is needed")
         try:
@@ -686,6 +690,25 @@ def score_manifest(manifest, references, metric_names, model_ids=None, device="c
     """
     inputs = check_inputs(manifest, references, metric_names, model_ids, masks, expectations)
     return score_inputs(inputs, device, batch_size)
+
+
+def check_scores_out(out) -> Path:
+    """Refuse, before any model loads, an ``--out`` that cannot take the scores: a folder, or a
+    place whose nearest existing folder is a file or not writable."""
+    import os
+
+    out = Path(out)
+    for path in (out, Path(f"{out}.json"), Path(f"{out}.lock")):
+        if path.is_dir():
+            raise DTIError(f"scores output {path} is a folder; give the path of a CSV file to write")
+    folder = out.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise DTIError(f"scores output {out}: {folder} is not a folder")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise DTIError(f"scores output {out}: folder {folder} is not writable")
+    return out
 
 
 def write_scores(frame, out, about: dict) -> str:

@@ -13,6 +13,7 @@ amplifies that a little; a change of method or protocol moves scores far more).
 from __future__ import annotations
 
 import argparse
+import math
 import shutil
 import sys
 from pathlib import Path
@@ -20,13 +21,41 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .io import DTIError
+from .io import DTIError, one_line
 
 TABLES = ("main.csv", "ablation.csv", "final_norms.csv", "vocab_norms.csv", "positional_probe.csv")
 TOLERANCE = 0.02
 
 
+def _check_tolerance(tolerance) -> float:
+    """A finite number >= 0: NaN would pass every cell (``diff > nan`` is false), a negative one none."""
+    try:
+        value = float(tolerance)
+    except (TypeError, ValueError):
+        raise DTIError(f"tolerance {tolerance!r} is not a number") from None
+    if not math.isfinite(value) or value < 0:
+        raise DTIError(f"tolerance {tolerance!r} must be a finite number >= 0")
+    return value
+
+
+def _tables_in(folder: Path) -> list[str]:
+    return [name for name in TABLES if (folder / "tables" / name).is_file()]
+
+
+def _read_table(path: Path) -> pd.DataFrame:
+    try:
+        return pd.read_csv(path)
+    except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as exc:
+        raise DTIError(f"{path} is not a readable CSV table ({one_line(exc)})") from None
+
+
 def save(results: Path, reference: Path):
+    """Copy a finished run's tables and figures; a results folder with none of ``TABLES`` is refused
+    (an empty reference would make every later check pass)."""
+    results, reference = Path(results), Path(reference)
+    if not _tables_in(results):
+        raise DTIError(f"results folder {results} has no tables to save (none of {', '.join(TABLES)} in "
+                       f"{results / 'tables'})")
     (reference / "tables").mkdir(parents=True, exist_ok=True)
     (reference / "figures").mkdir(parents=True, exist_ok=True)
     for path in sorted((results / "tables").glob("*")):
@@ -40,30 +69,43 @@ def save(results: Path, reference: Path):
 
 
 def compare(results: Path, reference: Path, tolerance: float = TOLERANCE) -> list[str]:
-    """Differences beyond ``tolerance``, one line each (empty: the run matches)."""
-    problems = []
-    for name in TABLES:
+    """Differences beyond ``tolerance``, one line each (empty: the run matches). A reference with none
+    of ``TABLES`` is an error; a check that compared no number at all is a difference, never a match."""
+    results, reference = Path(results), Path(reference)
+    tolerance = _check_tolerance(tolerance)
+    names = _tables_in(reference)
+    if not names:
+        raise DTIError(f"reference {reference} has no tables (none of {', '.join(TABLES)} in {reference / 'tables'})")
+    problems, compared = [], 0
+    for name in names:
         ref_path, new_path = reference / "tables" / name, results / "tables" / name
-        if not ref_path.is_file():
-            continue
         if not new_path.is_file():
             problems.append(f"{new_path} is missing")
             continue
-        ref, new = pd.read_csv(ref_path), pd.read_csv(new_path)
+        ref = _read_table(ref_path)
+        try:
+            new = _read_table(new_path)
+        except DTIError as exc:  # the run's table is broken: a difference, reported with the others
+            problems.append(str(exc))
+            continue
         if ref.shape != new.shape or list(ref.columns) != list(new.columns):
             problems.append(f"{name}: shape or columns differ ({ref.shape} vs {new.shape})")
             continue
         for column in ref.columns:
             a, b = ref[column], new[column]
             if pd.api.types.is_numeric_dtype(a) and pd.api.types.is_numeric_dtype(b):
-                diff = np.abs(a.to_numpy(float) - b.to_numpy(float))
-                bad = np.flatnonzero((diff > tolerance) | (np.isnan(a.to_numpy(float)) != np.isnan(b.to_numpy(float))))
+                x, y = a.to_numpy(float), b.to_numpy(float)
+                compared += int((~np.isnan(x)).sum())
+                bad = np.flatnonzero((np.abs(x - y) > tolerance) | (np.isnan(x) != np.isnan(y)))
                 if len(bad):
                     i = int(bad[0])
                     problems.append(f"{name}: {column} row {i}: reference {a.iloc[i]:.4f}, run {b.iloc[i]:.4f} "
                                     f"(tolerance {tolerance})")
             elif not a.astype(str).equals(b.astype(str)):
                 problems.append(f"{name}: column {column} differs")
+    if not compared:
+        problems.append(f"no number was compared: the reference's tables ({', '.join(names)}) have no numeric cell "
+                        "that the run's could be checked against")
     return problems
 
 
@@ -72,15 +114,13 @@ def main(argv=None) -> int:
     parser.add_argument("action", choices=["save", "check"])
     parser.add_argument("--results", required=True, help="a finished run's results folder, e.g. results/mini")
     parser.add_argument("--reference", required=True, help="the committed reference, e.g. results/reference/mini")
-    parser.add_argument("--tolerance", type=float, default=TOLERANCE)
+    parser.add_argument("--tolerance", type=float, default=TOLERANCE, help=f"absolute, >= 0 (default {TOLERANCE})")
     args = parser.parse_args(argv)
     results, reference = Path(args.results), Path(args.reference)
     try:
         if args.action == "save":
             save(results, reference)
             return 0
-        if not (reference / "tables").is_dir():
-            raise DTIError(f"no reference tables in {reference}")
         problems = compare(results, reference, args.tolerance)
     except DTIError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -17,13 +17,40 @@ import torch
 
 from .config import TrainConfig
 from .families import ENCODER_FILES, SDXL_SINGLE_FILE
-from .io import DTIError, load_tensors, read_json, save_tensors
+from .io import DTIError, exclusive, load_tensors, read_json, save_tensors
 
 LOG_FIELDS = ["step", "encoder", "vector", "loss", "norm", "cos_to_initializer", "cos_to_initial",
               "angle_deg", "grad_norm", "update_norm", "lr"]
 CHECKPOINT = "checkpoint.safetensors"
 RECORD = "run.json"
 LOG = "train_log.csv"
+LOCK = ".lock"  # held while a process writes the folder (io.exclusive); not part of the run
+
+
+def check_run_folder(out_dir: Path) -> Path:
+    """``out_dir`` can be a run folder: nothing yet, or a folder that holds a run (run.json is the
+    first file a run writes: anything else there belongs to something else). Checked before the
+    lock file is made, so that a refused folder is left as it was."""
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise DTIError(f"--out {out_dir} is a file, not a folder")
+    if out_dir.is_dir() and not (out_dir / RECORD).exists() and any(p.name != LOCK for p in out_dir.iterdir()):
+        raise DTIError(f"output folder {out_dir} is not empty and holds no run; choose another --out")
+    return out_dir
+
+
+def folder_lock(out_dir: Path, what: str):
+    """The exclusive lock of a run or sample folder: a second writer fails in one line."""
+    return exclusive(Path(out_dir) / LOCK, what)
+
+
+def check_vectors(vectors: list[torch.Tensor], what: str):
+    """Learned vectors worth keeping: finite, with finite non-zero norms (a huge learning rate
+    overflows them or, on the sphere, collapses them)."""
+    for rows in vectors:
+        norms = rows.detach().float().norm(dim=-1)
+        if not (torch.isfinite(rows).all() and torch.isfinite(norms).all() and (norms > 0).all()):
+            raise DTIError(f"{what} are not finite non-zero vectors (norms {norms.tolist()}); lower lr?")
 
 
 def run_state(out_dir: Path, cfg: TrainConfig, resume: bool, inputs: dict) -> str:
@@ -31,8 +58,7 @@ def run_state(out_dir: Path, cfg: TrainConfig, resume: bool, inputs: dict) -> st
     changed since (as when a workflow re-runs it for that reason) is trained again from step 0."""
     record_path = out_dir / RECORD
     if not record_path.exists():
-        if out_dir.exists() and any(out_dir.iterdir()) and not resume:
-            raise DTIError(f"output folder {out_dir} is not empty and holds no run; choose another --out")
+        check_run_folder(out_dir)  # again, under the lock
         return "fresh"
     if not resume:
         raise DTIError(f"{out_dir} already holds a run; pass --resume to continue it or choose another --out")
@@ -76,7 +102,9 @@ def load_checkpoint(path: Path, method, optimizer, gen: torch.Generator) -> int:
 
     tensors = load_tensors(path)
     with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata()
+        meta = f.metadata() or {}
+    if "step" not in meta or "optimizer_scalars" not in meta:
+        raise DTIError(f"{path}: not a checkpoint of this suite (no step or optimizer state)")
     with torch.no_grad():
         for i, p in enumerate(method.params):
             p.copy_(tensors[f"param.{i}"].to(p.device))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import math
 import re
 import shutil
 from dataclasses import dataclass
@@ -17,11 +18,13 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from .config import apply_assignments, option
+from .config import apply_assignments, check_seed, option
 from .devices import frozen_dtype, resolve_device
 from .embeddings import load_embeddings, read_run, run_method
-from .families import family_class
-from .io import DTIError, atomic_path, content_digest, model_stamp, package_versions, read_json, write_json
+from .families import check_words_kept, family_class
+from .io import (DTIError, atomic_path, check_name, content_digest, model_stamp, package_versions, read_json,
+                 write_json)
+from .runs import folder_lock
 
 MANIFEST_FIELDS = ["run", "method", "family", "base_model", "subject", "class_noun", "prompt_set", "prompt_index",
                    "prompt", "scoring_text", "seed", "file", "height", "width", "steps", "guidance_scale",
@@ -45,10 +48,34 @@ class SampleConfig:
     def set(self, assignments: list[str]) -> "SampleConfig":
         return apply_assignments(self, assignments)
 
+    def check(self):
+        """The settings that are set are in range (``None``: the family's default). Runs before any
+        model loads, and in the workflow before any job starts."""
+        for name in ("height", "width", "steps", "batch_size"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise DTIError(f"sampling {name} must be >= 1, got {value}")
+        for name in ("height", "width"):
+            value = getattr(self, name)
+            if value is not None and value % 8:
+                raise DTIError(f"sampling {name} must be a multiple of 8 (the VAEs' pixels per latent), got {value}")
+        if self.guidance_scale is not None and not (math.isfinite(self.guidance_scale) and self.guidance_scale >= 0):
+            raise DTIError(f"guidance_scale must be a finite number >= 0, got {self.guidance_scale}")
+        if self.mixed_precision not in ("bf16", "fp16", "no"):
+            raise DTIError(f"mixed_precision must be bf16, fp16 or no, got {self.mixed_precision!r}")
+
     def placement(self) -> tuple[torch.device, torch.dtype]:
         """The device and the pipeline's dtype there."""
         device = resolve_device(self.device)
         return device, frozen_dtype(device, self.mixed_precision)
+
+
+def _stamped_inputs(stamp: Path):
+    """The inputs recorded by an earlier sampling into the folder (None: none, or unreadable)."""
+    try:
+        return read_json(stamp).get("inputs") if stamp.is_file() else None
+    except DTIError:
+        return None
 
 
 def slug(text: str, limit: int = 48) -> str:
@@ -67,32 +94,54 @@ def intact(path: Path, size: tuple[int, int]) -> bool:
 
 def sample(run_dir: str | Path, out_dir: str | Path, subject: str, class_noun: str, templates: list[str],
            seeds: list[int], prompt_set: str, cfg: SampleConfig | None = None, pipe=None) -> Path:
-    """Generate every (template, seed) image of one run; returns the manifest's path."""
+    """Generate every (template, seed) image of one run; returns the manifest's path. Everything is
+    checked before the pipeline loads; the output folder is locked while this writes it."""
     cfg = cfg or SampleConfig()
-    record, vectors = read_run(run_dir)
-    family, model = family_class(record["config"]["family"]), record["config"]["model"]
+    cfg.check()
+    check_name(subject, "subject")
     if not templates:
         raise DTIError("the prompt set is empty")
     if not seeds:
         raise DTIError("no seeds given")
-    if cfg.batch_size < 1:
-        raise DTIError(f"batch_size must be at least 1, got {cfg.batch_size}")
+    if len(set(seeds)) != len(seeds):
+        raise DTIError(f"seeds {list(seeds)} repeat a seed; each image is (prompt, seed)")
+    for seed in seeds:
+        check_seed(seed)
+    record, vectors = read_run(run_dir)
+    family, model = family_class(record["config"]["family"]), record["config"]["model"]
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise DTIError(f"--out {out_dir} is a file, not a folder")
+    with folder_lock(out_dir, f"sample folder {out_dir}"):
+        return _sample_locked(run_dir, out_dir, subject, class_noun, templates, seeds, prompt_set, cfg, pipe,
+                              record, vectors, family, model)
+
+
+def _sample_locked(run_dir, out_dir: Path, subject: str, class_noun: str, templates: list[str], seeds: list[int],
+                   prompt_set: str, cfg: SampleConfig, pipe, record: dict, vectors, family, model: str) -> Path:
     pipe = pipe or family.load_pipeline(model, *cfg.placement())
     concept = load_embeddings(pipe, run_dir)
+    for tok_name in family.tokenizer_names:  # the prompts must read as written with the concept added
+        tokenizer = getattr(pipe, tok_name)
+        check_words_kept(tokenizer, tokenizer.convert_tokens_to_ids(concept.tokens), concept.placeholder,
+                         [t.format(class_noun) for t in templates])
     settings = {**family.sample_defaults, **{k: v for k, v in dataclasses.asdict(cfg).items() if v is not None}}
     if settings.get("height") is None:
         settings["height"] = settings["width"] = family.default_image_size(pipe)
+    for side in ("height", "width"):
+        if settings[side] % pipe.vae_scale_factor:
+            raise DTIError(f"sampling {side} {settings[side]} is not a multiple of the VAE's "
+                           f"{pipe.vae_scale_factor} pixels per latent")
     size = (settings["width"], settings["height"])
     call = {"height": settings["height"], "width": settings["width"], "num_inference_steps": settings["steps"],
             "guidance_scale": settings["guidance_scale"], "output_type": "pil", **family.sample_kwargs(settings)}
-    out_dir = Path(out_dir)
     method = run_method(record)
     # Images already here are kept (resume) only if they were made from these same inputs.
     inputs = {"model": model_stamp(model), "vectors": content_digest(vectors), "class_noun": class_noun,
               "templates": list(templates), "settings": {k: v for k, v in settings.items() if k != "batch_size"}}
     stamp = out_dir / "sample.json"
-    if not (stamp.is_file() and read_json(stamp).get("inputs") == inputs):
-        shutil.rmtree(out_dir / subject, ignore_errors=True)
+    if _stamped_inputs(stamp) != inputs:
+        shutil.rmtree(out_dir / subject, ignore_errors=True)  # a plain name (checked): inside out_dir
     about = {"run": str(run_dir), "subject": subject, "class_noun": class_noun, "prompt_set": prompt_set,
              "seeds": seeds, "settings": settings, "inputs": inputs, "versions": package_versions()}
     write_json({**about, "status": "running"}, stamp)

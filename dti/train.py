@@ -18,7 +18,8 @@ from .devices import frozen_dtype, resolve_device
 from .families import detect_family, family_class
 from .io import DTIError, content_digest, model_stamp, package_versions, truncate_log, write_json
 from .methods import method_class
-from .runs import CHECKPOINT, LOG, RECORD, StepLog, load_checkpoint, run_state, save_checkpoint
+from .runs import (CHECKPOINT, LOG, RECORD, StepLog, check_run_folder, check_vectors, folder_lock, load_checkpoint,
+                   run_state, save_checkpoint)
 
 
 def resolve_config(cfg: TrainConfig) -> TrainConfig:
@@ -28,16 +29,27 @@ def resolve_config(cfg: TrainConfig) -> TrainConfig:
 
 
 def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False, family=None) -> Path:
-    """Train one concept into ``out_dir``; ``family`` may be an already loaded adapter."""
-    out_dir = Path(out_dir)
-    if not cfg.family:
-        cfg = dataclasses.replace(cfg, family=family.name if family else detect_family(cfg.model))
+    """Train one concept into ``out_dir``; ``family`` may be an already loaded adapter. Everything
+    is checked before the model loads; the folder is locked while the run writes it."""
+    out_dir = check_run_folder(out_dir)
+    if family is None:
+        detected = detect_family(cfg.model)
+        if cfg.family and cfg.family != detected:
+            raise DTIError(f"family {cfg.family!r} was set, but {cfg.model!r} is a {detected} pipeline")
+        cfg = dataclasses.replace(cfg, family=detected)
+    elif not cfg.family:
+        cfg = dataclasses.replace(cfg, family=family.name)
     cfg = resolve_config(cfg)
     if not cfg.placeholder:
         raise DTIError("no placeholder given")
     load_templates(cfg.templates)
     image_paths = list_images(cfg.images)
     inputs = {"model": model_stamp(cfg.model), "images": content_digest(image_paths)}
+    with folder_lock(out_dir, f"run folder {out_dir}"):
+        return _train_locked(cfg, out_dir, resume, family, image_paths, inputs)
+
+
+def _train_locked(cfg, out_dir: Path, resume: bool, family, image_paths: list[Path], inputs: dict) -> Path:
     state = run_state(out_dir, cfg, resume, inputs)
     if state == "complete":
         print(f"{out_dir}: already trained for {cfg.steps} steps", file=sys.stderr)
@@ -65,6 +77,7 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False, family=No
     step = trainer.fit(out_dir, step)
 
     final = [e.float().cpu() for e in trainer.embeddings()]
+    check_vectors(final, f"the learned vectors of {out_dir}")
     meta = {"method": cfg.method, "family": cfg.family, "base_model": cfg.model, "placeholder": cfg.placeholder,
             "tokens": json.dumps(trainer.family.tokens), "initializer": cfg.initializer, "steps": cfg.steps,
             "seed": cfg.seed, "effective_lr": cfg.lr, **trainer.method.file_metadata()}
@@ -89,7 +102,8 @@ class Trainer:
                                                    frozen_dtype(self.device, cfg.mixed_precision), cfg)
         self.family = family
         self.templates = load_templates(cfg.templates)
-        self.slots = family.add_concept(cfg.placeholder, cfg.initializer)
+        # The templates must read the same with the placeholder added (e.g. "ot" would split "photo").
+        self.slots = family.add_concept(cfg.placeholder, cfg.initializer, [t.format("") for t in self.templates])
         self.method = method_class(cfg.method)(cfg, self.slots)
         self.optimizer = self.method.make_optimizer()
         # What the log measures drift from: the vectors at step 0 (also when resuming) and the initializer's rows.
@@ -147,9 +161,11 @@ class Trainer:
                 before = self.embeddings()
                 params_before = [p.detach().clone() for p in method.params]
                 loss = self.step()
+                kept = (f"last good checkpoint is step {last_checkpoint} in {out_dir}" if last_checkpoint
+                        else "no checkpoint was saved")
                 if not math.isfinite(loss):
-                    raise DTIError(f"loss is {loss} at step {step}; training stopped, last good checkpoint is "
-                                   f"step {last_checkpoint} in {out_dir}")
+                    raise DTIError(f"loss is {loss} at step {step}; training stopped, {kept}")
+                check_vectors(self.embeddings(), f"the learned vectors at step {step} (training stopped, {kept})")
                 with torch.no_grad():
                     grads = [p.grad.detach().clone() for p in method.params]
                     updates = [(p - q) / cfg.lr for p, q in zip(method.params, params_before)]

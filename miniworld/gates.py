@@ -153,11 +153,10 @@ def personalization(world_dir: Path, pipe, evaluator, subjects: list[str], steps
                     device: str = "cpu") -> dict:
     """TI on each subject; image similarity (evaluator patch and CLIP embeddings) of 'a photo of a X'
     with X = the learned token vs X = the class word, and the wall times of training and sampling."""
-    from dti.data import list_images, read_subjects
+    from dti.data import list_images, open_rgb, read_subjects
     from dti.embeddings import load_embeddings
     from dti.sample import SampleConfig, sample
     from dti.train import TrainConfig, train
-    from PIL import Image
 
     table = {r["subject"]: r for r in read_subjects(world_dir / "subjects.csv")}
     results = {}
@@ -175,7 +174,7 @@ def personalization(world_dir: Path, pipe, evaluator, subjects: list[str], steps
         sample(run, out / "samples" / name, name, table[name]["class"], world.PROMPTS, EVAL_SEEDS, "mini",
                SampleConfig(steps=SAMPLING["steps"], guidance_scale=SAMPLING["guidance_scale"], device=device))
         sample_seconds = time.time() - t0
-        refs = [Image.open(p) for p in list_images(refs_dir)]
+        refs = [open_rgb(p, "reference") for p in list_images(refs_dir)]
         gens = [torch.Generator().manual_seed(s) for s in range(8)]
         common = dict(num_inference_steps=SAMPLING["steps"], guidance_scale=SAMPLING["guidance_scale"])
         class_images = pipe(prompt=[f"a photo of a {table[name]['class']}"] * 8, generator=gens, **common).images

@@ -1,9 +1,14 @@
 """Aggregation: per-subject means, unweighted means over subjects, NaN for anything missing, intervals."""
 
+import re
+
 import numpy as np
 import pandas as pd
+import pytest
 
-from dti.aggregate import bootstrap_interval, subject_means, summarize, write_tables
+from dti.aggregate import bootstrap_interval, read_scores, subject_means, summarize, write_tables
+from dti.cli import main
+from dti.io import DTIError
 
 
 def test_aggregation_with_nan_and_uneven_image_counts(tmp_path):
@@ -31,3 +36,23 @@ def test_bootstrap_interval_is_seeded_and_covers_the_mean():
     low, high = bootstrap_interval(values, seed=3)
     assert (low, high) == bootstrap_interval(values, seed=3)
     assert low < values.mean() < high
+
+
+def test_bad_score_files_are_refused_in_one_line(tmp_path, capsys):
+    good = tmp_path / "good.csv"
+    pd.DataFrame({"method": ["m"], "metric": ["x"], "subject": ["A"], "value": [0.5]}).to_csv(good, index=False)
+    empty, binary, text_values = tmp_path / "empty.csv", tmp_path / "binary.csv", tmp_path / "text.csv"
+    empty.write_bytes(b"")
+    binary.write_bytes(bytes(range(256)) * 8)
+    text_values.write_text("method,metric,subject,value\nm,x,A,0.5\nm,x,B,high\n")
+    out = tmp_path / "tables"
+    for bad, message in ((empty, "empty.csv is empty"), (binary, "binary.csv is not a readable CSV"),
+                         (text_values, "text.csv: column value is not numeric .row 2: 'high'")):
+        with pytest.raises(DTIError, match=message):
+            read_scores([good, bad])
+        assert main(["aggregate", "--scores", str(good), str(bad), "--out", str(out)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("error: ") and re.search(message, err[0])
+        assert not out.exists()
+    assert main(["aggregate", "--scores", str(good), "--out", str(out)]) == 0  # NaN values stay allowed
+    assert pd.read_csv(out / "summary.csv").loc[0, "mean"] == 0.5

@@ -31,7 +31,7 @@ def test_set_rejects_bad_assignments(assignment, message):
 
 @pytest.mark.parametrize("key, value, message", [
     ("m_star", "huge", "m_star must be mean, min, max or a positive number"),
-    ("m_star", "-1", "m_star must be positive"),
+    ("m_star", "-1", "m_star must be a positive finite number"),
     ("direction_optimizer", "sgd", "direction_optimizer must be rsgd or adamw"),
     ("kappa", "-1", "kappa must be >= 0"),
     ("batch_size", "0", "batch_size must be >= 1"),

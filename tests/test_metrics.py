@@ -2,7 +2,9 @@
 
 import json
 import math
+import re
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -13,9 +15,12 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 
 from dti import metrics
-from dti.io import DTIError
+from dti.cli import main
+from dti.data import open_rgb
+from dti.io import DTIError, exclusive
 from dti.metrics import BACKBONES, METRICS, PROTOCOLS, Backbones, Metric, score_images, score_manifest
 from tests.conftest import MINI_WORLD
+from tests.test_data import _gradient16, _png_header_only
 
 IMAGE_METRICS = [n for n, m in METRICS.items() if m.kind == "image"]
 
@@ -326,13 +331,13 @@ def test_bad_generated_images(dataset, metric_models):
     _noise(0, (H, W)).save(root / "images/dog_0_1.png")
     _expect(f"dog_0_1.png is {H}x{W} but the manifest says {W}x{H}", dataset, metric_models)
     (root / "images/dog_0_1.png").write_bytes(b"not a png")
-    _expect("dog_0_1.png is not a readable image", dataset, metric_models)
+    _expect("generated image .*dog_0_1.png: not a readable image", dataset, metric_models)
 
 
 def test_bad_references(dataset, metric_models):
     refs = dataset["refs"]
     (refs / "can" / "notes.txt").write_text("not an image")
-    _expect("notes.txt is not a readable image", dataset, metric_models)
+    _expect("reference of subject 'can' .*notes.txt: not a readable image", dataset, metric_models)
     (refs / "can" / "notes.txt").unlink()
     (dataset["masks"] / "dog" / "01.png").unlink()
     _expect("reference .*01.jpg has no mask", dataset, metric_models, masks=dataset["masks"])
@@ -353,3 +358,88 @@ def test_bad_masks(dataset, metric_models):
     Image.new("RGB", (64, 56)).save(mask)
     _expect("mask .*00.png has mode RGB", dataset, metric_models, masks=dataset["masks"])
     _expect("masks folder .*nowhere does not exist", dataset, metric_models, masks=dataset["root"] / "nowhere")
+
+
+def _check(dataset, metric_names=("dinov2",)):
+    """check_inputs alone: it loads no model, so what fails here fails before any backbone loads."""
+    return metrics.check_inputs(dataset["manifest"], dataset["refs"], list(metric_names))
+
+
+def _truncate(path):
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) * 3 // 4])
+
+
+def test_broken_images_fail_before_any_model_loads(dataset, tmp_path, capsys):
+    root = dataset["manifest"].parent
+    generated, reference = root / "images/dog_0_1.png", dataset["refs"] / "dog" / "01.jpg"
+    saved = {p: p.read_bytes() for p in (generated, reference)}
+    out = tmp_path / "scores" / "dog.csv"
+    nowhere = f"dinov2={tmp_path / 'no_model'}"  # loading it would fail: the error must come before
+    args = ["score", "--manifest", str(dataset["manifest"]), "--references", str(dataset["refs"]), "--metrics",
+            "dinov2", "--model-id", nowhere, "--out", str(out)]
+    cases = [(generated, "generated image .*dog_0_1.png: not a readable image"),
+             (reference, "reference of subject 'dog' .*01.jpg: not a readable image")]
+    for path, message in cases:
+        _truncate(path)
+        with Image.open(path) as im:
+            assert im.size  # the header still reads: only decoding finds the damage
+        with pytest.raises(DTIError, match=message) as info:
+            _check(dataset)
+        assert "\n" not in str(info.value)
+        assert main(args) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and re.search(message, err[0]) and "no_model" not in err[0]
+        assert not out.parent.exists()
+        path.write_bytes(saved[path])
+    bomb = _png_header_only(dataset["refs"] / "dog" / "03.png", 14000, 14000)
+    with pytest.raises(DTIError, match=r"reference of subject 'dog' .*03.png is too large: 196000000 pixels"):
+        _check(dataset)
+    _png_header_only(bomb, 10000, 10000)
+    with pytest.raises(DTIError, match=r"03.png is too large: 10000x10000"):
+        _check(dataset)
+    bomb.unlink()
+    _check(dataset)
+
+
+def test_16bit_and_rotated_references_are_read_as_for_training(dataset):
+    path = dataset["refs"] / "can" / "00.png"
+    Image.fromarray(_gradient16(64, 56)).save(path)
+    refs = metrics._load_references(sorted((dataset["refs"] / "can").glob("[!.]*")), "can", None)
+    grey = np.asarray(refs[0])
+    assert refs[0].mode == "RGB" and grey.min() == 0 and grey.max() == 255 and len(np.unique(grey)) > 200
+    assert (grey == np.asarray(open_rgb(path))).all()
+    # masks apply to the upright reference: a mask of the stored (sideways) size no longer fits
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    _disc((64, 56)).save(dataset["refs"] / "dog" / "00.png", exif=exif)
+    assert metrics._load_references([dataset["refs"] / "dog" / "00.png"], "dog", None)[0].size == (56, 64)
+    with pytest.raises(DTIError, match="00.png is 64x56 but its reference .* is 56x64"):
+        metrics.check_inputs(dataset["manifest"], dataset["refs"], ["dinov2"], masks=dataset["masks"])
+
+
+def test_score_out_is_checked_and_locked_before_scoring(dataset, metric_models, tmp_path, capsys):
+    def score(out, model=metric_models["dinov2"]):
+        return main(["score", "--manifest", str(dataset["manifest"]), "--references", str(dataset["refs"]),
+                     "--metrics", "dinov2", "--model-id", f"dinov2={model}", "--out", str(out)])
+
+    nowhere = tmp_path / "no_model"  # a refusal must come before the model would (fail to) load
+    folder = tmp_path / "a_folder"
+    folder.mkdir()
+    assert score(folder, nowhere) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "a_folder is a folder" in err[0]
+    assert list(folder.iterdir()) == []
+    (tmp_path / "a_file").write_text("keep")
+    assert score(tmp_path / "a_file" / "scores.csv", nowhere) == 2
+    assert "a_file is not a folder" in capsys.readouterr().err
+    assert (tmp_path / "a_file").read_text() == "keep"
+
+    out = tmp_path / "scores" / "dog.csv"
+    with exclusive(f"{out}.lock", "the first scorer"):
+        assert score(out, nowhere) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and f"scores {out} is in use by process" in err[0]
+    assert not out.exists() and not Path(f"{out}.json").exists()
+    assert score(out) == 0
+    assert len(pd.read_csv(out)) == len(ROWS) and Path(f"{out}.json").is_file()

@@ -21,3 +21,40 @@ def test_reference_check(tmp_path):
     assert reference.main(["check", "--results", str(tmp_path / "far"), "--reference", str(tmp_path / "ref")]) == 1
     reference.save(tmp_path / "close", tmp_path / "saved")
     assert reference.compare(tmp_path / "close", tmp_path / "saved") == []
+
+
+def _run(capsys, *args):
+    code = reference.main(list(args))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err.strip().splitlines()
+
+
+def test_a_vacuous_check_fails(tmp_path, capsys):
+    ref, far = tmp_path / "ref", tmp_path / "far"
+    write(ref, [0.40, 0.50])
+    (far / "tables").mkdir(parents=True)
+    pd.DataFrame({"label": ["ti", "dti"], "image_mean": [5.4, 5.5], "text_mean": [5.3, 5.5]}).to_csv(
+        far / "tables" / "main.csv", index=False)
+    # save from a folder with no tables: refused, nothing written
+    code, _, err = _run(capsys, "save", "--results", str(tmp_path / "missing"), "--reference", str(tmp_path / "new"))
+    assert code == 2 and len(err) == 1 and "has no tables to save" in err[0]
+    assert not (tmp_path / "new").exists()
+    # a tolerance that is not a finite number >= 0 would pass (nan) or fail (negative) every cell
+    for tolerance in ("nan", "inf", "-0.1"):
+        code, out, err = _run(capsys, "check", "--results", str(far), "--reference", str(ref), "--tolerance", tolerance)
+        assert code == 2 and len(err) == 1 and "must be a finite number >= 0" in err[0]
+        assert "matches" not in out
+    # a reference with no tables at all
+    (tmp_path / "bare" / "tables").mkdir(parents=True)
+    code, out, err = _run(capsys, "check", "--results", str(far), "--reference", str(tmp_path / "bare"))
+    assert code == 2 and "has no tables" in err[0] and "matches" not in out
+    # a reference whose tables hold no number to compare
+    for root in (tmp_path / "words", tmp_path / "words_run"):
+        (root / "tables").mkdir(parents=True)
+        pd.DataFrame({"label": ["ti"], "image_mean": [float("nan")]}).to_csv(root / "tables" / "main.csv", index=False)
+    code, out, _ = _run(capsys, "check", "--results", str(tmp_path / "words_run"), "--reference",
+                        str(tmp_path / "words"))
+    assert code == 1 and "no number was compared" in out and "matches" not in out
+    # unchanged: a real difference, a real match
+    assert _run(capsys, "check", "--results", str(far), "--reference", str(ref))[0] == 1
+    assert _run(capsys, "check", "--results", str(ref), "--reference", str(ref), "--tolerance", "0")[0] == 0

@@ -86,6 +86,6 @@ def test_sample_bad_input(sd_run, tmp_path):
         read_prompt_set("dti_fancy", live=False)
     with pytest.raises(DTIError, match="no seeds given"):
         sample(sd_run, tmp_path / "o", "dog", "dog", TEMPLATES, [], "p")
-    with pytest.raises(DTIError, match="batch_size must be at least 1, got 0"):
+    with pytest.raises(DTIError, match="batch_size must be >= 1, got 0"):
         sample(sd_run, tmp_path / "o", "dog", "dog", TEMPLATES, [0], "p", SampleConfig().set(["batch_size=0"]))
     assert not (tmp_path / "o").exists()

@@ -4,6 +4,7 @@ ablation cell, and the paper configurations' rules on tiny stand-in models."""
 
 import os
 import re
+import shlex
 import shutil
 
 import pandas as pd
@@ -24,6 +25,8 @@ def job_counts(output: str) -> dict[str, int]:
 PLANS = [
     ("mini.yaml", [], {"train": 18, "rescale": 6, "sample": 24 + 15, "score": 39, "train_ablation": 15,
                       "ablation_cell": 5, "interpolation": 2, "main_table": 1, "ablation_table": 1}),
+    ("smoke.yaml", [], {"train": 4, "rescale": 2, "sample": 8, "score": 8, "train_ablation": 2, "ablation_cell": 2,
+                       "interpolation": 2, "main_table": 1, "ablation_table": 1}),
     ("sdxl.yaml", [], {"dreambooth_data": 1, "train": 90, "rescale": 30, "sample": 120 + 150, "score": 270,
                       "train_ablation": 150, "ablation_cell": 5, "main_table": 1, "ablation_table": 1}),
     ("sdxl.yaml", ["protocol=dreambooth"], {"train": 90, "sample": 270, "ablation_table": 1}),
@@ -66,6 +69,153 @@ def test_threads_never_oversubscribe_the_machine(tmp_path):
     plan = snakemake("-n", "-p", "--config", f"results_dir={tmp_path}", cores=8 * (os.cpu_count() or 1))
     threads = {int(t) for t in re.findall(r"OMP_NUM_THREADS=(\d+)", plan.stdout)}
     assert threads == {1}  # each job gets its share of the real CPUs, not of --cores
+
+
+def smoke_with(tmp_path, changes: dict, name: str = "config.yaml") -> str:
+    """experiments/smoke.yaml with ``changes`` merged in (one level of nesting), as a new file."""
+    config = yaml.safe_load((ROOT / "experiments" / "smoke.yaml").read_text())
+    for key, value in changes.items():
+        config[key] = {**config[key], **value} if isinstance(value, dict) and key in config else value
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(config))
+    return str(path)
+
+
+def shell_commands(output: str) -> list[str]:
+    return [c for c in re.findall(r"^Shell command: (.*)$", output, re.M) if c != "None"]  # None: rule all
+
+
+def unquoted_specials(command: str) -> list[str]:
+    """The characters bash would act on ($, backtick, ;) outside single quotes in ``command``."""
+    found, state = [], None
+    for ch in command:
+        if state == "'":
+            state = None if ch == "'" else state
+        elif state == '"':
+            if ch == '"':
+                state = None
+            elif ch in "$`":
+                found.append(ch)
+        elif ch in "'\"":
+            state = ch
+        elif ch in "$`;":
+            found.append(ch)
+    return found
+
+
+def weird_inputs(tmp_path, folder="$HOME it's `touch INJECTED`;x"):
+    """A results folder, a base model, a metric model and a subjects table whose paths (and the
+    table's class noun and initializer) hold spaces, quotes and shell syntax."""
+    home = tmp_path / "with space" / folder
+    home.mkdir(parents=True)
+    model, evaluator = home / "mini pipeline", home / "mini evaluator"
+    model.symlink_to(ROOT / "experiments" / "mini" / "world" / "pipeline")
+    evaluator.symlink_to(ROOT / "experiments" / "mini" / "world" / "evaluator")
+    table = pd.read_csv(ROOT / "experiments" / "mini" / "world" / "subjects.csv")
+    ember = table["subject"] == "ember_triangle"
+    table.loc[ember, ["class", "initializer"]] = ["tri angle's", "it's $(touch INJECTED)"]
+    subjects = home / "subjects.csv"
+    table.to_csv(subjects, index=False)
+    return home / "results", model, evaluator, subjects
+
+
+def test_config_values_reach_shell_commands_as_one_literal_word(tmp_path):
+    """Hardening: configuration values and subjects-table entries reached shell commands unquoted,
+    so a model or results path with a space became two arguments, and `$(...)`, a backtick or `;`
+    in a value ran as shell code. Every printed command must keep each value one word, with no
+    shell syntax outside single quotes."""
+    results, model, evaluator, subjects = weird_inputs(tmp_path)
+    injected = "object; touch INJECTED `touch INJECTED`"
+    config = smoke_with(tmp_path, {
+        "results_dir": str(results), "model": str(model), "data": {"subjects_file": str(subjects)},
+        "train": {"templates": injected}, "score": {"model_ids": {"mini": str(evaluator), "readout":
+                                                                  "experiments/mini/world/readout"}},
+        "analyses": {"initializer": "it's", "related_words": ["circle", "it's $(touch INJECTED)"]}})
+    plan = snakemake("-n", "-p", "--configfile", config)
+    assert plan.returncode == 0, plan.stderr[-2000:]
+    commands = shell_commands(plan.stdout)
+    assert len(commands) == job_counts(plan.stdout)["total"] - 1  # every job of the smoke plan but `all`
+    weird = (f"{results}/", str(model), str(evaluator), str(subjects))
+    for command in commands:
+        assert unquoted_specials(command) == [], command
+        words = shlex.split(command)
+        for word in words:  # a path split at its space would leave a piece that is none of these
+            if str(tmp_path) in word:
+                assert word.rsplit("=", 1)[-1].startswith(weird), (word, command)  # KEY=PATH: the path
+        if "--model" in words:
+            assert words[words.index("--model") + 1] == str(model)
+    train = [shlex.split(c) for c in commands if " -m dti train " in c and "ember_triangle" in c]
+    assert train and all(f"templates={injected}" in w and w[w.index("--initializer") + 1] == "it's $(touch INJECTED)"
+                         for w in train)
+    interpolation = [shlex.split(c) for c in commands if "analysis.interpolation" in c]
+    assert interpolation and all(w[w.index("--class-a") + 1] == "tri angle's" for w in interpolation)
+    assert f"mini={evaluator}" in shlex.split(next(c for c in commands if " -m dti score " in c))
+    contextual = shlex.split(next(c for c in commands if "analysis.contextual_map" in c))
+    assert contextual[contextual.index("--related") + 2] == "it's $(touch INJECTED)"
+    assert not (ROOT / "INJECTED").exists()
+
+
+def test_injected_values_reach_a_real_job_as_literal_text(tmp_path):
+    """Hardening: `train: {device: '$(touch INJECTED)cpu'}` created the file and the job reported
+    success. A real train job, given shell syntax in its results path and in a `--set` value and a
+    model path with a space, runs none of it: it fails on the template set it was given, named
+    literally, and writes its log where the literal path says."""
+    results, model, _, _ = weird_inputs(tmp_path, "$(touch INJECTED)")  # no quote to pair with one in a value
+    injected = "object; touch INJECTED `touch INJECTED`"
+    config = smoke_with(tmp_path, {"results_dir": str(results), "model": str(model), "train": {"templates": injected}})
+    target = results / "smoke" / "runs" / "ti" / "ember_triangle" / "seed0" / "learned_embeds.safetensors"
+    try:
+        run = snakemake(str(target), "--configfile", config)
+        assert not (ROOT / "INJECTED").exists() and not list(tmp_path.rglob("INJECTED"))
+    finally:
+        (ROOT / "INJECTED").unlink(missing_ok=True)
+    assert run.returncode != 0
+    log = (results / "smoke" / "logs" / "train" / "ti_ember_triangle_seed0.log").read_text()
+    assert f"unknown template set {injected!r}" in log, log[-2000:]
+
+
+# Hardening: values a job would refuse (unknown or out-of-range train and sample settings, a bad
+# ablation m*, rescale statistic, device or backbone, a missing model folder) passed the schema and
+# `snakemake -n`, and failed only when a job ran. Each must fail the plan, naming its key, with no
+# results folder made.
+# The workflow lists every problem at once (one line each), so one plan checks many values; the train
+# settings stop at their first problem, and the ablation cells are checked only on good train settings.
+BAD_VALUES = {
+    "settings": ({"train": {"stepz": 5, "seed": 3},
+                  "sample": {"settings": {"steps": 0, "device": "cuda;touch INJECTED"}},
+                  "rescale_stat": "median", "score": {"device": "tpu",
+                                                      "model_ids": {"mini": "experiments/mini/world/evaluator",
+                                                                    "dinov3": "x"}},
+                  "model": "experiments/mini/world/no_such_pipeline", "mini_world_device": "tpu"},
+                 ["config train: unknown key 'stepz'", "config train: 'seed' is the workflow's to set",
+                  "config sample.settings: sampling steps must be >= 1, got 0",
+                  "config sample.settings.device: unknown device",
+                  "config rescale_stat: m_star must be mean, min, max or a positive number, got 'median'",
+                  "config score.device: unknown device 'tpu'", "config score.model_ids: unknown backbone 'dinov3'",
+                  "config model: 'experiments/mini/world/no_such_pipeline': no such local folder",
+                  "config mini_world_device: unknown device 'tpu'"]),
+    "ranges": ({"train": {"steps": -1, "device": "$(touch INJECTED)cpu"}, "rescale_stat": "inf",
+                "model": "experiments/mini/world/subjects"},
+               ["config train: steps must be >= 1, got -1",
+                "config train.device: unknown device '$(touch INJECTED)cpu'",
+                "config rescale_stat: m_star must be a positive finite number", "has no model_index.json"]),
+    "cells": ({"ablation": {"cells": [{"direction_optimizer": "rsgd", "m_star": 0, "kappa": 0.0},
+                                      {"direction_optimizer": "rsgd", "m_star": "big", "kappa": 0.0}]}},
+              ["config ablation.cells[0]: m_star must be a positive finite number, got '0'",
+               "config ablation.cells[1]: m_star must be mean, min, max or a positive number, got 'big'"]),
+}
+
+
+@pytest.mark.parametrize("case", BAD_VALUES)
+def test_bad_values_fail_the_plan_naming_their_key(tmp_path, case):
+    changes, messages = BAD_VALUES[case]
+    results = tmp_path / "results"
+    plan = snakemake("-n", "--configfile", smoke_with(tmp_path, {**changes, "results_dir": str(results)}))
+    output = plan.stdout + plan.stderr
+    assert plan.returncode != 0
+    for message in messages:
+        assert message in output, (message, output[-2000:])
+    assert not results.exists() and not (ROOT / "INJECTED").exists()
 
 
 @pytest.mark.slow

@@ -64,9 +64,9 @@ rule ablation_table:
         tex=f"{OUT}/tables/ablation.tex",
         summary=f"{OUT}/tables/ablation_summary.csv",
     params:
-        cells=" ".join(f"--cell '{cell_label(row)}={cell_summary(pattern)}'"
+        cells=" ".join(f"--cell {shlex.quote(f'{cell_label(row)}={cell_summary(pattern)}')}"
                        for (_, row), pattern in zip(CELLS.iterrows(), CELLS.instance_patterns)),
-        paper=f"--paper {config['paper_numbers']}" if config.get("paper_numbers") else "",
+        paper=f"--paper {shlex.quote(config['paper_numbers'])}" if config.get("paper_numbers") else "",
     shell:
-        "{PY} -m dti tables ablation --summary {input.default} {params.cells} --image-metric {IMAGE_METRIC}"
-        " --text-metric {TEXT_METRIC} {params.paper} --out {OUT}/tables"
+        "{PY} -m dti tables ablation --summary {input.default:q} {params.cells} --image-metric {IMAGE_METRIC}"
+        " --text-metric {TEXT_METRIC} {params.paper} --out {OUT:q}/tables"

@@ -3,9 +3,9 @@
 
 ANALYSES = config.get("analyses", {})
 MAIN_RUNS = expand(run_embeds("{method}", "{subject}", "{seed}"), method=ALL_METHODS, subject=SUBJECTS, seed=SEEDS)
-MAIN_RUN_DIRS = " ".join(os.path.dirname(f) for f in MAIN_RUNS)
+MAIN_RUN_DIRS = [os.path.dirname(f) for f in MAIN_RUNS]  # lists: `{X:q}` quotes each folder
 # Analyses that place each method's token among words use one subject, so figures stay legible.
-FIRST_RUN_DIRS = " ".join(run_dir(m, SUBJECTS[0], SEEDS[0]) for m in ALL_METHODS)
+FIRST_RUN_DIRS = [run_dir(m, SUBJECTS[0], SEEDS[0]) for m in ALL_METHODS]
 FIGURES, TABLES = f"{OUT}/figures", f"{OUT}/tables"
 
 
@@ -17,7 +17,7 @@ rule training_curves:
     localrule: True
     input: MAIN_RUNS
     output: figure("norm_growth"), figure("cosine_drift"), f"{TABLES}/training_curves.csv", f"{TABLES}/final_norms.csv"
-    shell: "{PY} -m analysis.training_curves --runs {MAIN_RUN_DIRS} --figures {FIGURES} --tables {TABLES}"
+    shell: "{PY} -m analysis.training_curves --runs {MAIN_RUN_DIRS:q} --figures {FIGURES:q} --tables {TABLES:q}"
 
 
 rule vocab_norms:
@@ -27,8 +27,8 @@ rule vocab_norms:
     threads: threads("analysis")
     resources: **job_resources("analysis")
     shell:
-        "{params.env} {PY} -m analysis.vocab_norms --model {config[model]} --runs {MAIN_RUN_DIRS} --figures {FIGURES}"
-        " --tables {TABLES}"
+        "{params.env} {PY} -m analysis.vocab_norms --model {config[model]:q} --runs {MAIN_RUN_DIRS:q}"
+        " --figures {FIGURES:q} --tables {TABLES:q}"
 
 
 rule nearest_words:
@@ -38,8 +38,8 @@ rule nearest_words:
     threads: threads("analysis")
     resources: **job_resources("analysis")
     shell:
-        "{params.env} {PY} -m analysis.nearest_words --model {config[model]} --runs {FIRST_RUN_DIRS}"
-        " --tables {TABLES}"
+        "{params.env} {PY} -m analysis.nearest_words --model {config[model]:q} --runs {FIRST_RUN_DIRS:q}"
+        " --tables {TABLES:q}"
 
 
 rule positional_probe:
@@ -51,8 +51,8 @@ rule positional_probe:
     threads: threads("analysis")
     resources: **job_resources("analysis")
     shell:
-        "{params.env} {PY} -m analysis.positional_probe --model {config[model]} --runs {FIRST_RUN_DIRS} {params.rows}"
-        " --seed {SEEDS[0]} --figures {FIGURES} --tables {TABLES}"
+        "{params.env} {PY} -m analysis.positional_probe --model {config[model]:q} --runs {FIRST_RUN_DIRS:q}"
+        " {params.rows} --seed {SEEDS[0]} --figures {FIGURES:q} --tables {TABLES:q}"
 
 
 rule residual_stagnation:
@@ -62,8 +62,8 @@ rule residual_stagnation:
     threads: threads("analysis")
     resources: **job_resources("analysis")
     shell:
-        "{params.env} {PY} -m analysis.residual_stagnation --model {config[model]} --runs {FIRST_RUN_DIRS}"
-        " --initializer '{params.initializer}' --figures {FIGURES} --tables {TABLES}"
+        "{params.env} {PY} -m analysis.residual_stagnation --model {config[model]:q} --runs {FIRST_RUN_DIRS:q}"
+        " --initializer {params.initializer:q} --figures {FIGURES:q} --tables {TABLES:q}"
 
 
 rule contextual_map:
@@ -71,13 +71,13 @@ rule contextual_map:
     output: figure("contextual_map"), f"{TABLES}/contextual_map.csv"
     params:
         env=torch_env("analysis"),
-        words=(" --related " + " ".join(ANALYSES["related_words"]) if "related_words" in ANALYSES else "")
-              + (" --unrelated " + " ".join(ANALYSES["unrelated_words"]) if "unrelated_words" in ANALYSES else ""),
+        words=(" --related " + shlex.join(ANALYSES["related_words"]) if "related_words" in ANALYSES else "")
+              + (" --unrelated " + shlex.join(ANALYSES["unrelated_words"]) if "unrelated_words" in ANALYSES else ""),
     threads: threads("analysis")
     resources: **job_resources("analysis")
     shell:
-        "{params.env} {PY} -m analysis.contextual_map --model {config[model]} --runs {FIRST_RUN_DIRS}{params.words}"
-        " --figures {FIGURES} --tables {TABLES}"
+        "{params.env} {PY} -m analysis.contextual_map --model {config[model]:q} --runs {FIRST_RUN_DIRS:q}{params.words}"
+        " --figures {FIGURES:q} --tables {TABLES:q}"
 
 
 PAIR = ANALYSES.get("interpolation", SUBJECTS[:2])
@@ -97,18 +97,20 @@ rule interpolation:
         gpu=gpu_wrap("sample"),
         settings=settings(config["sample"].get("settings")),
         a=lambda wildcards, input: os.path.dirname(input.a), b=lambda wildcards, input: os.path.dirname(input.b),
-        refs=f"--references-a {DATA['images']}/{PAIR[0]} --references-b {DATA['images']}/{PAIR[1]}",
-        classes=f"--class-a '{TABLE[PAIR[0]]['class']}' --class-b '{TABLE[PAIR[1]]['class']}'",
+        refs=(f"--references-a {shlex.quote(DATA['images'] + '/' + PAIR[0])}"
+              f" --references-b {shlex.quote(DATA['images'] + '/' + PAIR[1])}"),
+        classes=f"--class-a {shlex.quote(TABLE[PAIR[0]]['class'])} --class-b {shlex.quote(TABLE[PAIR[1]]['class'])}",
     threads: threads("sample")
     resources: **job_resources("sample")
     log: f"{OUT}/logs/interpolation_{{method}}.log"
     shell:
-        "{params.env} {params.gpu} {PY} -m analysis.interpolation --run-a {params.a} --run-b {params.b}"
-        " --prompts {DATA[prompt_set]} --prompts-file {DATA[prompts_file]} --seeds {SAMPLE_SEEDS}"
+        "{params.env} {params.gpu} {PY} -m analysis.interpolation --run-a {params.a:q} --run-b {params.b:q}"
+        " --prompts {DATA[prompt_set]:q} --prompts-file {DATA[prompts_file]:q} --seeds {SAMPLE_SEEDS}"
         " {params.refs} {params.classes}"
         " --image-metric {IMAGE_METRIC} --text-metric {TEXT_METRIC} {MODEL_IDS} {params.settings}"
-        " --figures {FIGURES}/interpolation_{wildcards.method} --tables {TABLES}/interpolation_{wildcards.method}"
-        " --work {OUT}/interpolation/{wildcards.method} > {log} 2>&1"
+        " --figures {FIGURES:q}/interpolation_{wildcards.method:q}"
+        " --tables {TABLES:q}/interpolation_{wildcards.method:q}"
+        " --work {OUT:q}/interpolation/{wildcards.method:q} > {log:q} 2>&1"
 
 
 rule ablation_view:
@@ -116,8 +118,8 @@ rule ablation_view:
     input: main=rules.aggregate_main.output.summary, ablation=rules.ablation_table.output.summary
     output: figure("ablation_view"), f"{TABLES}/ablation_view.csv"
     shell:
-        "{PY} -m analysis.ablation_view --main {input.main} --ablation {input.ablation} --image-metric {IMAGE_METRIC}"
-        " --text-metric {TEXT_METRIC} --figures {FIGURES} --tables {TABLES}"
+        "{PY} -m analysis.ablation_view --main {input.main:q} --ablation {input.ablation:q}"
+        " --image-metric {IMAGE_METRIC} --text-metric {TEXT_METRIC} --figures {FIGURES:q} --tables {TABLES:q}"
 
 
 ANALYSIS_OUTPUTS = [rules.training_curves.output, rules.vocab_norms.output, rules.nearest_words.output,

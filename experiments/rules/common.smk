@@ -1,15 +1,24 @@
 # Shared names: paths, the subjects table, and how many torch threads a job may use.
 import os
 import re
+import shlex
 import sys
 
 import pandas as pd
 from snakemake.utils import Paramspace
 
-from dti.data import read_subjects
-from dti.methods import METHODS as METHOD_REGISTRY
+from dti.config import TrainConfig, parse_m_star
+from dti.data import read_prompt_set, read_subjects
+from dti.devices import check_device_name
+from dti.io import DTIError, check_name
+from dti.methods import METHODS as METHOD_REGISTRY, method_class
+from dti.metrics import BACKBONES, PROTOCOLS
+from dti.sample import SampleConfig
 
-PY = sys.executable  # the interpreter that runs Snakemake, so the installed dti is used
+# Every value from the configuration or the subjects table reaches a shell command quoted: `{x:q}` in
+# the templates, shlex.quote in the helpers that build options. A path with a space stays one
+# argument, and `$(...)`, `;` or a backtick in a value is never run.
+PY = shlex.quote(sys.executable)  # the interpreter that runs Snakemake, so the installed dti is used
 # DreamBooth worlds: `--config protocol=dreambooth` switches to the classic benchmark (25 prompts,
 # DINO / CLIP-I / CLIP-T), with its own results folder.
 PROTOCOL = config.get("protocol", "paper")
@@ -18,12 +27,85 @@ if config["world"] == "dreambooth" and PROTOCOL == "dreambooth":
     config["paper_numbers"] = None
 OUT = f"{config['results_dir']}/{config['name']}" + ("_dreambooth" if PROTOCOL == "dreambooth" else "")
 DATA = config["data"]
-TABLE = {row["subject"]: row for row in read_subjects(DATA["subjects_file"])}
+try:
+    TABLE = {row["subject"]: row for row in read_subjects(DATA["subjects_file"])}
+except DTIError as _e:
+    raise ValueError(f"config data.subjects_file: {_e}") from None
 SUBJECTS = config.get("subjects") or list(TABLE)
-for _s in (SUBJECTS + config.get("ablation", {}).get("subjects", [])
-           + config.get("analyses", {}).get("interpolation", [])):
-    if _s not in TABLE:
-        raise ValueError(f"subject {_s!r} is not in {DATA['subjects_file']}")
+
+# The configuration's values are checked here, before any job starts (the schema checks little more
+# than shapes), by dti's own validators: the workflow and the command line refuse the same values.
+# Keys of `dti train` that the workflow sets from wildcards and the subjects table: a `--set` of
+# one would override them, and a run folder would hold another run than its name says.
+WORKFLOW_TRAIN_KEYS = ("method", "model", "images", "placeholder", "initializer", "seed")
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")  # org/name (or a bare name)
+
+
+def assignments(values) -> list[str]:
+    """``key=value`` strings, as `--set` gives them to dti."""
+    return [f"{k}={v}" for k, v in sorted((values or {}).items())]
+
+
+def check_model(model: str):
+    """A local diffusers folder, or a hub id; a path that is neither fails here, not in every train job."""
+    if os.path.exists(model):
+        if not os.path.isfile(os.path.join(model, "model_index.json")):
+            raise DTIError(f"{model!r} has no model_index.json (not a diffusers pipeline folder)")
+    elif model.startswith((".", "/", "~")) or not HUB_ID.fullmatch(model):
+        raise DTIError(f"{model!r}: no such local folder, and not a hub id (org/name)")
+
+
+def config_problems(config) -> list[str]:
+    """Every value a job would refuse, each as 'config KEY: problem' (empty: none)."""
+    problems = []
+
+    def check(key, fn, *args) -> bool:
+        try:
+            fn(*args)
+            return True
+        except DTIError as e:
+            problems.append(f"config {key}: {e}")
+            return False
+
+    check("model", check_model, config["model"])
+    for method in config["methods"]:
+        check("methods", method_class, method)
+    for key, subjects in (("subjects", SUBJECTS), ("ablation.subjects", config.get("ablation", {}).get("subjects")),
+                          ("analyses.interpolation", config.get("analyses", {}).get("interpolation"))):
+        for subject in subjects or []:
+            if subject not in TABLE:
+                problems.append(f"config {key}: subject {subject!r} is not in {DATA['subjects_file']}")
+            else:
+                check(key, check_name, subject, "subject")  # it becomes a folder name
+    check("data.prompt_set", read_prompt_set, DATA["prompt_set"], False, DATA["prompts_file"])
+    train = config.get("train") or {}
+    for key in sorted(set(train) & set(WORKFLOW_TRAIN_KEYS)):
+        problems.append(f"config train: {key!r} is the workflow's to set (from methods, seeds, data and the "
+                        "subjects table), not a train setting")
+    check("train.device", check_device_name, str(train.get("device", "auto")))
+    if check("train", lambda: TrainConfig().set(assignments(train)).check()):  # else every cell repeats it
+        for i, cell in enumerate(config.get("ablation", {}).get("cells", [])):
+            check(f"ablation.cells[{i}]", lambda: TrainConfig().set(assignments({**train, **cell})).check())
+    sample = config["sample"].get("settings") or {}
+    check("sample.settings.device", check_device_name, str(sample.get("device", "auto")))
+    check("sample.settings", lambda: SampleConfig().set(assignments(sample)).check())
+    if "rescale_stat" in config:
+        check("rescale_stat", parse_m_star, config["rescale_stat"])
+    score = config["score"]
+    if score["protocol"] not in PROTOCOLS:
+        problems.append(f"config score.protocol: unknown protocol {score['protocol']!r}; valid: {', '.join(PROTOCOLS)}")
+    for backbone in sorted(score.get("model_ids") or {}):
+        if backbone not in BACKBONES:
+            problems.append(f"config score.model_ids: unknown backbone {backbone!r}; valid: {', '.join(BACKBONES)}")
+    check("score.device", check_device_name, str(score.get("device", "auto")))
+    if "mini_world_device" in config:
+        check("mini_world_device", check_device_name, str(config["mini_world_device"]))
+    return problems
+
+
+if _problems := config_problems(config):  # one line each, all at once
+    raise ValueError("\n".join(_problems))
+
 METHODS = config["methods"]
 # Post-hoc methods (TI-rescaled) come with the method they are made from.
 ALL_METHODS = METHODS + [name for name, cls in METHOD_REGISTRY.items() if cls.post_hoc and cls.source_method in METHODS]
@@ -33,8 +115,9 @@ WORLD_FILES = [DATA["subjects_file"], DATA["prompts_file"]]
 
 
 def settings(values: dict) -> str:
-    """``--set key=value`` for each entry, sorted (so the command line, and reruns, are stable)."""
-    return " ".join(f"--set {k}={v}" for k, v in sorted((values or {}).items()))
+    """``--set key=value`` for each entry, sorted (so the command line, and reruns, are stable), each
+    ``key=value`` one quoted shell word."""
+    return " ".join(f"--set {shlex.quote(item)}" for item in assignments(values))
 
 
 def resources(stage: str) -> dict:
@@ -98,36 +181,38 @@ def run_embeds(method, subject, seed, prefix=OUT):
 # the rule gives it an `images` input and a log.
 def train_command(method: str) -> str:
     """``method``: a method's name, or "{wildcards.method}" for the rule's wildcard."""
-    return ("{params.env} {params.gpu} {PY} -m dti train --model {config[model]} --method " + method
-            + " --images {input.images}/{wildcards.subject} --placeholder '<{wildcards.subject}>'"
-            " --initializer '{params.initializer}' --seed {wildcards.seed} --out {params.run} --resume"
-            " {params.settings} > {log} 2>&1")
+    return ("{params.env} {params.gpu} {PY} -m dti train --model {config[model]:q} --method " + method
+            + " --images {input.images:q}/{wildcards.subject:q} --placeholder {params.placeholder:q}"
+            " --initializer {params.initializer:q} --seed {wildcards.seed:q} --out {params.run:q} --resume"
+            " {params.settings} > {log:q} 2>&1")
 
 
 def train_params(run, settings) -> dict:
     """The params train_command reads. ``run``: the run folder; ``settings``: the `--set` options (each
     a value or a function)."""
-    return {"run": run, "initializer": lambda wildcards: TABLE[wildcards.subject]["initializer"],
+    return {"run": run, "placeholder": lambda wildcards: f"<{wildcards.subject}>",
+            "initializer": lambda wildcards: TABLE[wildcards.subject]["initializer"],
             "settings": settings, "env": torch_env("train"), "gpu": gpu_wrap("train")}
 
 
 # `dti aggregate` of a rule's score files (its input) into one folder (summary.csv, per_subject.csv),
 # for the main table and the ablation's cells.
-AGGREGATE_COMMAND = "{PY} -m dti aggregate --scores {input} --subject-names {params.subjects} --out {params.out}"
+AGGREGATE_COMMAND = "{PY} -m dti aggregate --scores {input:q} --subject-names {params.subjects:q} --out {params.out:q}"
 
 
 def aggregate_params(out, subjects: list[str]) -> dict:
     """The params AGGREGATE_COMMAND reads. ``out``: the folder (a value or a function)."""
-    return {"out": out, "subjects": " ".join(subjects)}
+    return {"out": out, "subjects": list(subjects)}
 
 
 # A local base model is an input (its change reruns everything); a hub id is not a file.
 MODEL_INPUT = [f"{config['model']}/model_index.json"] if os.path.isdir(config["model"]) else []
 IMAGES_INPUT = DATA["images"]  # the folder of all subjects (DreamBooth's is made by dreambooth_data)
 SCORE = config["score"]
-MODEL_IDS = " ".join(f"--model-id {k}={v}" for k, v in sorted(SCORE.get("model_ids", {}).items()))
-ATTRIBUTES = (f"--prompt-sets {DATA['prompts_file']} --subjects {DATA['subjects_file']}"
+# Options built here are shell text, each value already quoted (the templates insert them as they are).
+MODEL_IDS = " ".join(f"--model-id {shlex.quote(f'{k}={v}')}" for k, v in sorted(SCORE.get("model_ids", {}).items()))
+ATTRIBUTES = (f"--prompt-sets {shlex.quote(DATA['prompts_file'])} --subjects {shlex.quote(DATA['subjects_file'])}"
               if SCORE["protocol"] == "mini" else "")
-MASKS = f"--masks {DATA['masks']}" if DATA.get("masks") else ""
+MASKS = f"--masks {shlex.quote(DATA['masks'])}" if DATA.get("masks") else ""
 IMAGE_METRIC, TEXT_METRIC = {"paper": ("dinov2", "siglip"), "dreambooth": ("dino", "clip_t"),
                              "mini": ("mini_patch", "mini_clip_t")}[SCORE["protocol"]]

@@ -4,7 +4,7 @@
 rule dreambooth_data:
     output: directory("data/dreambooth")
     log: "data/logs/dreambooth.log"
-    shell: "{PY} -m dti data dreambooth --out {output} > {log} 2>&1"
+    shell: "{PY} -m dti data dreambooth --out {output:q} > {log:q} 2>&1"
 
 
 rule mini_world:
@@ -15,6 +15,6 @@ rule mini_world:
     params: threads=min(CORES, CPUS), device=config.get("mini_world_device", "cpu")
     log: "results/mini_build/build.log"
     shell:
-        "({PY} -m miniworld.build --work results/mini_build/work --out {output[0]} --threads {params.threads}"
-        " --device {params.device} && {PY} -m miniworld.gates --world {output[0]} --out results/mini_build/gates"
-        " --threads {params.threads} --device {params.device}) > {log} 2>&1"
+        "({PY} -m miniworld.build --work results/mini_build/work --out {output[0]:q} --threads {params.threads}"
+        " --device {params.device:q} && {PY} -m miniworld.gates --world {output[0]:q} --out results/mini_build/gates"
+        " --threads {params.threads} --device {params.device:q}) > {log:q} 2>&1"

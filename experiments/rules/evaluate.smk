@@ -19,10 +19,10 @@ rule sample:
     resources: **job_resources("sample")
     log: "{prefix}/logs/sample/{method}_{subject}_seed{seed}.log"
     shell:
-        "{params.env} {params.gpu} {PY} -m dti sample --run {params.run} --out {params.out}"
-        " --subject {wildcards.subject}"
-        " --prompts {DATA[prompt_set]} --prompts-file {DATA[prompts_file]} --subjects-file {DATA[subjects_file]}"
-        " --seeds {SAMPLE_SEEDS} {params.settings} > {log} 2>&1"
+        "{params.env} {params.gpu} {PY} -m dti sample --run {params.run:q} --out {params.out:q}"
+        " --subject {wildcards.subject:q}"
+        " --prompts {DATA[prompt_set]:q} --prompts-file {DATA[prompts_file]:q} --subjects-file {DATA[subjects_file]:q}"
+        " --seeds {SAMPLE_SEEDS} {params.settings} > {log:q} 2>&1"
 
 
 rule score:
@@ -34,9 +34,9 @@ rule score:
     resources: **job_resources("score")
     log: "{prefix}/logs/score/{method}_{subject}_seed{seed}.log"
     shell:
-        "{params.env} {params.gpu} {PY} -m dti score --manifest {input.manifest} --references {input.images}"
-        " --protocol {SCORE[protocol]}"
-        " {MODEL_IDS} {ATTRIBUTES} {MASKS} --device {params.device} --out {output} > {log} 2>&1"
+        "{params.env} {params.gpu} {PY} -m dti score --manifest {input.manifest:q} --references {input.images:q}"
+        " --protocol {SCORE[protocol]:q}"
+        " {MODEL_IDS} {ATTRIBUTES} {MASKS} --device {params.device:q} --out {output:q} > {log:q} 2>&1"
 
 
 MAIN_SCORES = f"{OUT}/tables/main_scores"  # the main table's aggregated scores
@@ -60,7 +60,7 @@ rule main_table:
     input: rules.aggregate_main.output.summary
     output: report(f"{OUT}/tables/main.md", caption="../report/main_table.rst", category="Tables"),
             f"{OUT}/tables/main.csv", f"{OUT}/tables/main.tex"
-    params: paper=f"--paper {config['paper_numbers']}" if config.get("paper_numbers") else ""
+    params: paper=f"--paper {shlex.quote(config['paper_numbers'])}" if config.get("paper_numbers") else ""
     shell:
-        "{PY} -m dti tables main --summary {input} --image-metric {IMAGE_METRIC} --text-metric {TEXT_METRIC}"
-        " --model-label '{config[name]}' {params.paper} --out {OUT}/tables"
+        "{PY} -m dti tables main --summary {input:q} --image-metric {IMAGE_METRIC} --text-metric {TEXT_METRIC}"
+        " --model-label {config[name]:q} {params.paper} --out {OUT:q}/tables"

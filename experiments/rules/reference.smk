@@ -7,7 +7,7 @@ rule check_reference:
     input: rules.main_table.output, rules.ablation_table.output if ABLATION["cells"] else [], ANALYSIS_OUTPUTS,
            reference=config.get("reference") or []
     output: f"{OUT}/reference_check.txt"
-    shell: "{PY} -m dti.reference check --results {OUT} --reference {input.reference} | tee {output}"
+    shell: "{PY} -m dti.reference check --results {OUT:q} --reference {input.reference:q} | tee {output:q}"
 
 
 REFERENCE_OUTPUTS = [rules.check_reference.output] if config.get("reference") else []

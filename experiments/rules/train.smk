@@ -11,7 +11,7 @@ rule train:
     threads: threads("train")
     resources: **job_resources("train")
     log: f"{OUT}/logs/train/{{method}}_{{subject}}_seed{{seed}}.log"
-    shell: train_command("{wildcards.method}")
+    shell: train_command("{wildcards.method:q}")
 
 
 rule rescale:
@@ -22,4 +22,6 @@ rule rescale:
         out=lambda wildcards: run_dir("ti_rescaled", wildcards.subject, wildcards.seed),
     resources: mem_mb=2000, runtime=10
     log: f"{OUT}/logs/rescale/{{subject}}_seed{{seed}}.log"
-    shell: "{PY} -m dti rescale --run {params.run} --stat {config[rescale_stat]} --out {params.out} > {log} 2>&1"
+    shell:
+        "{PY} -m dti rescale --run {params.run:q} --stat {config[rescale_stat]:q} --out {params.out:q}"
+        " > {log:q} 2>&1"
