@@ -368,7 +368,7 @@ def run_config(label: str, shapes: str, args, workdir: Path, device: torch.devic
     ppl = trainers["ti"].pixels_per_latent
     result.update({
         "config": label, "shapes": shapes, "family": family_name, "batch_size": batch, "grad_accum": cfg.grad_accum,
-        "resolution": resolution, "latent": [int(trainers["ti"].latents[0].shape[0]), resolution // ppl,
+        "resolution": resolution, "latent": [int(trainers["ti"].latents[0][0].shape[0]), resolution // ppl,
                                              resolution // ppl],
         "conditioning": cond_shapes, "params": sizes,
         "text_encoder_attention": [getattr(e.config, "_attn_implementation", None)

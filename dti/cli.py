@@ -102,6 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
     tables.add_argument("--model-label", default="", help="main: the model's name in the table")
     tables.add_argument("--paper",
                         help="model key of the paper's reported numbers to print beside ours (sdxl, sana_1.6b, ...)")
+    tables.add_argument("--preset", help="the workflow preset the runs used (named in the tables; the Markdown "
+                                         "warns when the paper's numbers came from another)")
     tables.add_argument("--out", required=True, help="folder for NAME.csv, NAME.md, NAME.tex")
     return parser
 
@@ -183,7 +185,8 @@ def _tables(args):
     from . import tables
 
     if args.kind == "main":
-        tables.main_table(args.summary, args.out, args.image_metric, args.text_metric, args.model_label, args.paper)
+        tables.main_table(args.summary, args.out, args.image_metric, args.text_metric, args.model_label, args.paper,
+                          args.preset)
         return args.out
     cells = {}
     for item in args.cell:
@@ -192,7 +195,7 @@ def _tables(args):
             raise DTIError(f"--cell expects LABEL=SUMMARY, got {item!r}")
         cells[label] = path
     tables.ablation_table(cells, args.summary, args.out, args.image_metric, args.text_metric, args.default_cell,
-                          args.paper)
+                          args.paper, args.preset)
     return args.out
 
 

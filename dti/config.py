@@ -54,6 +54,9 @@ class TrainConfig:
                                        "1e-4, SANA 5e-5).")
     beta: float = option(0.0, "DTI: EMA factor of the squared gradient norm used to normalise the step (0: unit "
                               "steps).")
+    adamw_lr: float | None = option(None, "DTI with direction_optimizer=adamw (ablation): AdamW's own learning rate "
+                                          "(5e-4, the authors' SDXL value; RSGD's lr would turn v ~50 degrees a "
+                                          "step at SDXL widths).")
     direction_optimizer: str = option("rsgd", "DTI: rsgd (Riemannian SGD) or adamw (AdamW on v, retracted to the "
                                               "sphere after each step; ablation).")
     # execution
@@ -64,6 +67,13 @@ class TrainConfig:
                                                     "while training (off in the paper).")
     max_sequence_length: int = option(300, "SANA: text tokens kept (BOS + the last max_sequence_length - 1), as the "
                                            "pipeline encodes.")
+    # data
+    latent_sampling: str = option("sample", "VAE latents of the photos: sample the posterior at every step (seeded, "
+                                            "as the authors) or take its mode (mean).")
+    image_order: str = option("epochs", "Which photos a batch takes: shuffled epochs (seeded, as the authors) or "
+                                        "draws with replacement.")
+    zero_pad: bool = option(False, "Prepend n = floor(min(Exponential(scale 2), 15)) zero-norm tokens to each "
+                                   "training prompt (the authors' SANA DTI; off by default: every method alike).")
     checkpoint_every: int = option(100, "Save a resumable checkpoint every N steps (0: only at the end).")
 
     def resolved(self, *defaults: dict) -> "TrainConfig":
@@ -96,7 +106,7 @@ class TrainConfig:
             raise DTIError(f"placeholder {self.placeholder!r} must be one word (no spaces), e.g. <sks>")
         if self.checkpoint_every < 0:
             raise DTIError(f"checkpoint_every must be >= 0, got {self.checkpoint_every}")
-        positive = {"lr": self.lr, "adam_eps": self.adam_eps}
+        positive = {"lr": self.lr, "adam_eps": self.adam_eps, "adamw_lr": self.adamw_lr}
         at_least_zero = {"kappa": self.kappa, "weight_decay": self.weight_decay,
                          "crossinit_lambda": self.crossinit_lambda}
         for name, value in {**positive, **at_least_zero}.items():
@@ -116,6 +126,10 @@ class TrainConfig:
             raise DTIError(f"direction_optimizer must be rsgd or adamw, got {self.direction_optimizer!r}")
         if self.mixed_precision not in ("bf16", "fp16", "no"):
             raise DTIError(f"mixed_precision must be bf16, fp16 or no, got {self.mixed_precision!r}")
+        if self.latent_sampling not in ("sample", "mode"):
+            raise DTIError(f"latent_sampling must be sample or mode, got {self.latent_sampling!r}")
+        if self.image_order not in ("epochs", "replacement"):
+            raise DTIError(f"image_order must be epochs or replacement, got {self.image_order!r}")
         parse_m_star(self.m_star)
 
     def set(self, assignments: list[str]) -> "TrainConfig":

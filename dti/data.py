@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import re
 import shutil
 import tempfile
@@ -133,22 +134,57 @@ def load_reference(path: Path, resolution: int, multiple: int) -> ReferenceImage
     return ReferenceImage(pixels=arr / 127.5 - 1.0, original_size=(h, w))
 
 
-def draw_batch(latents: list[torch.Tensor], sizes: list[tuple[int, int]], templates: list[str],
-               token_string: str, batch_size: int, crop: int, pixels_per_latent: int,
-               gen: torch.Generator) -> dict:
-    """One micro-batch: images drawn with replacement, a random latent-space crop each, a random template each."""
-    picks = torch.randint(0, len(latents), (batch_size,), generator=gen).tolist()
+class EpochOrder:
+    """Which photo each draw takes: shuffled epochs, as the authors' data loader gives them. Epoch e
+    is the e-th permutation of a generator of its own (seeded from the run's seed), so draw k is a
+    function of k alone and a resumed run continues the same order."""
+
+    def __init__(self, n_images: int, seed: int):
+        self.n = n_images
+        self.gen = torch.Generator().manual_seed((seed * 0x9E3779B97F4A7C15 + 1) % 2**63)  # not the run's stream
+        self.perms: list[list[int]] = []
+
+    def picks(self, start: int, count: int) -> list[int]:
+        out = []
+        for k in range(start, start + count):
+            epoch, position = divmod(k, self.n)
+            while len(self.perms) <= epoch:
+                self.perms.append(torch.randperm(self.n, generator=self.gen).tolist())
+            out.append(self.perms[epoch][position])
+        return out
+
+
+def zero_pad_count(gen: torch.Generator) -> int:
+    """n = floor(clip(Exponential(scale 2), 0, 15)): how many zero-pad tokens precede a prompt."""
+    u = torch.rand((), generator=gen, dtype=torch.float64).item()
+    return int(min(-2.0 * math.log1p(-u), 15.0))
+
+
+def draw_batch(latents: list[tuple[torch.Tensor, torch.Tensor]], sizes: list[tuple[int, int]], templates: list[str],
+               token_string: str, batch_size: int, crop: int, pixels_per_latent: int, gen: torch.Generator,
+               picks: list[int] | None = None, sample_latents: bool = True, zero_pad=None) -> dict:
+    """One micro-batch: ``picks`` (else photos drawn with replacement), a random template each, a
+    random latent-space crop each, sampled from its VAE posterior (``sample_latents``, else its
+    mean). ``zero_pad(prompt, n)``: prepend n zero-pad tokens, n drawn per prompt."""
+    if picks is None:
+        picks = torch.randint(0, len(latents), (batch_size,), generator=gen).tolist()
     tmpl = torch.randint(0, len(templates), (batch_size,), generator=gen).tolist()
+    prompts = [templates[j].format(token_string) for j in tmpl]
+    if zero_pad is not None:
+        prompts = [zero_pad(p, zero_pad_count(gen)) for p in prompts]
     crops, time_ids = [], []
     for i in picks:
-        lat = latents[i]
-        top = torch.randint(0, lat.shape[1] - crop + 1, (1,), generator=gen).item()
-        left = torch.randint(0, lat.shape[2] - crop + 1, (1,), generator=gen).item()
-        crops.append(lat[:, top:top + crop, left:left + crop])
+        mean, std = latents[i]
+        top = torch.randint(0, mean.shape[1] - crop + 1, (1,), generator=gen).item()
+        left = torch.randint(0, mean.shape[2] - crop + 1, (1,), generator=gen).item()
+        window = (slice(None), slice(top, top + crop), slice(left, left + crop))
+        latent = mean[window]
+        if sample_latents:
+            latent = latent + std[window] * torch.randn(latent.shape, generator=gen).to(latent.device)
+        crops.append(latent)
         target = crop * pixels_per_latent
         time_ids.append([*sizes[i], top * pixels_per_latent, left * pixels_per_latent, target, target])
-    return {"latents": torch.stack(crops), "prompts": [templates[j].format(token_string) for j in tmpl],
-            "time_ids": time_ids}
+    return {"latents": torch.stack(crops), "prompts": prompts, "time_ids": time_ids}
 
 
 # --- the DreamBooth benchmark ------------------------------------------------------

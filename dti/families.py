@@ -19,6 +19,8 @@ from .methods import EncoderSlot
 
 FAMILIES: dict[str, type["Family"]] = {}
 
+ZERO_PAD = "<zero-pad>"  # the token of the zero-pad augmentation (``TrainConfig.zero_pad``): a zero row
+
 # File of each text encoder's vectors, in the layout ``pipe.load_textual_inversion`` reads.
 ENCODER_FILES = ("learned_embeds.safetensors", "learned_embeds_2.safetensors")
 SDXL_SINGLE_FILE = "learned_embeds_sdxl.safetensors"  # clip_l / clip_g keys (A1111, ComfyUI, kohya)
@@ -66,6 +68,7 @@ class LearnedRows(torch.nn.Module):
         super().__init__()
         self.base, self.first_id, self.k = base, first_id, k
         self.rows: torch.Tensor | None = None
+        self.zero_id: int | None = None  # the zero-pad token's id, whose row is zero (``zero_pad``)
         # Gemma-2 scales its embedding inside the module; learned rows live in the raw table's space.
         self.scale = getattr(base, "scalar_embed_scale", 1.0)
 
@@ -75,6 +78,8 @@ class LearnedRows(torch.nn.Module):
 
     def forward(self, ids):
         out = self.base(ids.clamp(max=self.base.num_embeddings - 1))
+        if self.zero_id is not None:
+            out = out.masked_fill((ids == self.zero_id).unsqueeze(-1), 0.0)
         if self.rows is None:
             return out
         slot = ids - self.first_id
@@ -94,7 +99,7 @@ def initializer_positions(input_ids: list[int], init_ids: list[int]) -> list[int
 
 
 def check_words_kept(tokenizer, new_ids: list[int], placeholder: str, texts: list[str]):
-    """A tokenizer matches an added token anywhere, also inside a word ("ot" splits "photo"): refuse
+    """A tokenizer matches an added token anywhere, also inside a word ("hoto" splits "photo"): refuse
     a placeholder whose tokens turn up in texts that do not contain it."""
     new = set(new_ids)
     for text in texts:
@@ -139,6 +144,8 @@ class Family:
     lower_case_prompts = False
     pass_attention_mask = False  # whether the pipeline gives its text encoder an attention mask
     denoiser_name = "unet"
+    needs_gpu = False  # its released models train on a GPU: "auto" on a machine without one is refused
+    zero_pad_joiner = " "  # between zero-pad tokens (the authors' SD/SDXL form; their SANA form has none)
     instruction_prefix = False  # whether sampling prepends the pipeline's complex-human-instruction
     train_defaults: dict = {}
     sample_defaults: dict = {}
@@ -225,6 +232,13 @@ class Family:
                 if t in tok.get_vocab() or one_known_piece:
                     raise DTIError(f"placeholder token {t!r} is already in the vocabulary of {enc_name}; "
                                    "choose a new string such as <sks>")
+            zero_id = None
+            if self.cfg is not None and self.cfg.zero_pad:
+                # Before the placeholder: SDXL's encoder 2 pools at the largest id of a prompt, which must
+                # stay the placeholder's.
+                if tok.add_tokens([ZERO_PAD]) != 1:
+                    raise DTIError(f"the zero-pad token {ZERO_PAD!r} could not be added to the tokenizer of {enc_name}")
+                zero_id = tok.convert_tokens_to_ids(ZERO_PAD)
             if tok.add_tokens(tokens) != len(tokens):
                 raise DTIError(f"placeholder {placeholder!r} could not be added to the tokenizer of {enc_name}")
             ids = tok.convert_tokens_to_ids(tokens)
@@ -233,6 +247,7 @@ class Family:
             check_words_kept(tok, ids, placeholder, [t.lower() if self.lower_case_prompts else t for t in texts])
             base = enc.get_input_embeddings()
             wrapper = LearnedRows(base, ids[0], len(ids))
+            wrapper.zero_id = zero_id
             enc.set_input_embeddings(wrapper)
             self.wrappers.append(wrapper)
             rows = base.weight[torch.tensor(init_ids, device=base.weight.device)].detach().float()
@@ -259,6 +274,10 @@ class Family:
     def text_length(self, tok) -> int:
         return tok.model_max_length
 
+    def zero_padded(self, prompt: str, n: int) -> str:
+        """``prompt`` after n zero-pad tokens (the zero-pad augmentation)."""
+        return f"{self.zero_pad_joiner.join([ZERO_PAD] * n)} {prompt}" if n else prompt
+
     def set_rows(self, rows: list[torch.Tensor] | None):
         for wrapper, r in zip(self.wrappers, rows or [None] * len(self.wrappers)):
             wrapper.rows = r
@@ -269,17 +288,22 @@ class Family:
         return self.pipe.vae_scale_factor
 
     @torch.no_grad()
-    def encode_images(self, pixels: list[torch.Tensor]) -> list[torch.Tensor]:
-        """Latents of each [3, H, W] image in [-1, 1], once per run, with the VAE in float32."""
+    def encode_images(self, pixels: list[torch.Tensor]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """The VAE posterior of each [3, H, W] image in [-1, 1] as (mean, std) in the denoiser's latent
+        scale, once per run, with the VAE in float32; a deterministic encoder (SANA's DC-AE) has std 0."""
         vae = self.pipe.vae
         if vae.dtype != torch.float32:
             vae.to(torch.float32)
+        shift = getattr(vae.config, "shift_factor", None) or 0.0
+        scale = vae.config.scaling_factor
         out = []
         for x in pixels:
             enc = vae.encode(x[None].to(self.device, torch.float32))
-            lat = enc.latent_dist.mode() if hasattr(enc, "latent_dist") else enc.latent
-            shift = getattr(vae.config, "shift_factor", None) or 0.0
-            out.append(((lat - shift) * vae.config.scaling_factor)[0])
+            if hasattr(enc, "latent_dist"):
+                mean, std = enc.latent_dist.mode()[0], enc.latent_dist.std[0]
+            else:
+                mean, std = enc.latent[0], torch.zeros_like(enc.latent[0])
+            out.append(((mean - shift) * scale, std * scale))
         vae.to("cpu")  # never needed again in training
         return out
 
@@ -298,7 +322,8 @@ class StableDiffusion(Family):
     name = "sd"
     pipeline_classes = ("StableDiffusionPipeline",)
     # SD-style has no launcher of its own and follows SDXL's (paper spec).
-    train_defaults = dict(resolution=512, batch_size=4, grad_accum=1, steps=400, weight_decay=1e-2, kappa=1e-4)
+    train_defaults = dict(resolution=512, batch_size=4, grad_accum=1, steps=400, weight_decay=1e-2, kappa=1e-4,
+                          adamw_lr=5e-4)
     sample_defaults = dict(steps=50, guidance_scale=7.5)
     pipeline_kwargs = {"safety_checker": None}  # scores must see every image
 
@@ -343,7 +368,9 @@ class StableDiffusionXL(StableDiffusion):
     pipeline_classes = ("StableDiffusionXLPipeline",)
     encoder_names = ("text_encoder", "text_encoder_2")
     tokenizer_names = ("tokenizer", "tokenizer_2")
-    train_defaults = dict(resolution=768, batch_size=4, grad_accum=1, steps=400, weight_decay=1e-2, kappa=1e-4)
+    needs_gpu = True
+    train_defaults = dict(resolution=768, batch_size=4, grad_accum=1, steps=400, weight_decay=1e-2, kappa=1e-4,
+                          adamw_lr=5e-4)
     sample_defaults = dict(height=1024, width=1024, steps=50, guidance_scale=5.0)
     pipeline_kwargs = {}
 
@@ -370,9 +397,13 @@ class Sana(Family):
     pipeline_classes = ("SanaPipeline",)
     lower_case_prompts = True
     instruction_prefix = True
+    needs_gpu = True
+    zero_pad_joiner = ""
     denoiser_name = "transformer"
     pass_attention_mask = True
-    train_defaults = dict(resolution=1024, batch_size=2, grad_accum=2, steps=500, weight_decay=0.0, kappa=5e-5)
+    # adamw_lr: the authors ablate AdamW on SDXL only; their SDXL value, for lack of another.
+    train_defaults = dict(resolution=1024, batch_size=2, grad_accum=2, steps=500, weight_decay=0.0, kappa=5e-5,
+                          adamw_lr=5e-4)
     sample_defaults = dict(height=1024, width=1024, steps=20, guidance_scale=4.5)
 
     def text_length(self, tok):
@@ -380,7 +411,7 @@ class Sana(Family):
 
     @classmethod
     def token_string(cls, tokens):
-        return " ".join(tokens)  # SANA has no loader that expands multi-vector tokens
+        return "".join(tokens)  # no loader expands multi-vector tokens; the authors write them unspaced
 
     @classmethod
     def load_concept(cls, pipe, tokens, rows):
@@ -420,7 +451,8 @@ class Sana(Family):
         sigma = ((t + 1).float() / n).view(-1, 1, 1, 1)
         noisy = (1 - sigma) * latents + sigma * noise
         transformer = self.pipe.transformer
-        timestep = (sigma.flatten() * n * transformer.config.timestep_scale).to(self.dtype)
+        # float32 even when the transformer runs in bf16: bf16 would round t by up to 4 of 1000
+        timestep = sigma.flatten() * n * transformer.config.timestep_scale
         pred = transformer(hidden_states=noisy.to(self.dtype), timestep=timestep, **{
             k: (v.to(self.dtype) if v.is_floating_point() else v) for k, v in cond.items()}).sample
         if pred.shape[1] == 2 * latents.shape[1]:  # learned-variance heads

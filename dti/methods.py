@@ -94,10 +94,10 @@ class Method:
     def file_metadata(self) -> dict:
         return {"m_star": "", "kappa": ""}
 
-    def _adamw(self, weight_decay: float):
+    def _adamw(self, weight_decay: float, lr: float | None = None):
         cfg = self.cfg
-        return torch.optim.AdamW(self.params, lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2),
-                                 eps=cfg.adam_eps, weight_decay=weight_decay)
+        return torch.optim.AdamW(self.params, lr=cfg.lr if lr is None else lr,
+                                 betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_eps, weight_decay=weight_decay)
 
 
 @register
@@ -151,7 +151,7 @@ class DirectionalTextualInversion(Method):
 
     def make_optimizer(self):
         if self.cfg.direction_optimizer == "adamw":
-            return self._adamw(0.0)
+            return self._adamw(0.0, lr=self.cfg.adamw_lr)  # its own lr: RSGD's is an angle per step, AdamW's is not
         groups = [{"params": [v], "mu": mu} for v, mu in zip(self.params, self.mu)]
         return SphericalSGD(groups, lr=self.cfg.lr, kappa=self.cfg.kappa, beta=self.cfg.beta)
 

@@ -4,7 +4,9 @@
 * ablation: one row per ablation cell (optimizer, m*, kappa), the default DTI row included.
 
 With ``paper`` (a model key of ``dti/resources/paper_numbers.json``) the paper's reported
-numbers stand beside ours in the Markdown table.
+numbers stand beside ours in every format, with whether each lies inside our 95% interval. With
+``preset`` (the workflow's preset) the Markdown table warns when the paper's numbers came from
+another preset. The Markdown table says whether our image scores used masked references.
 """
 
 from __future__ import annotations
@@ -21,13 +23,22 @@ METHOD_ORDER = ["ti", "ti_rescaled", "crossinit", "dti"]
 METHOD_NAMES = {"ti": "TI", "ti_rescaled": "TI-rescaled", "crossinit": "CrossInit", "dti": "DTI"}
 
 
+def _paper_data() -> dict:
+    return json.loads(resources.files("dti.resources").joinpath("paper_numbers.json").read_text())
+
+
 def paper_numbers(table: str, model: str | None) -> dict:
     if not model:
         return {}
-    data = json.loads(resources.files("dti.resources").joinpath("paper_numbers.json").read_text())
+    data = _paper_data()
     if model not in data[table]:
         raise DTIError(f"no reported {table} numbers for {model!r}; known: {', '.join(sorted(data[table]))}")
     return data[table][model]
+
+
+def paper_preset(model: str | None) -> str | None:
+    """The preset of ours that matches the protocol behind ``model``'s printed numbers."""
+    return _paper_data()["preset"].get(model) if model else None
 
 
 def cell_label(direction_optimizer: str, m_star, kappa) -> str:
@@ -50,11 +61,51 @@ def fidelity_rows(summary: pd.DataFrame, image_metric: str, text_metric: str, la
             hit = summary[(summary["method"] == label) & (summary["metric"] == metric)]
             if hit.empty:
                 raise DTIError(f"no {metric!r} scores for {label!r} in the summary")
+            if len(hit) > 1:  # aggregate keeps masked and unmasked apart: one mean would mix protocols
+                raise DTIError(f"{metric!r} scores of {label!r} mix reference kinds "
+                               f"({', '.join(map(str, hit.get('references', [])))})")
             r = hit.iloc[0]
             row.update({f"{axis}_mean": r["mean"], f"{axis}_ci_low": r["ci_low"], f"{axis}_ci_high": r["ci_high"]})
             row["subjects"] = f"{int(r['n_subjects'])}/{int(r['n_expected_subjects'])}"
-        rows.append(row)
+            if axis == "image":  # empty: scores from before `dti score` recorded it
+                refs = r["references"] if "references" in r and pd.notna(r["references"]) else ""
+        rows.append({**row, "image_references": refs})
     return pd.DataFrame(rows)
+
+
+def _inside(value, low, high):
+    """Whether the paper's ``value`` lies in our interval; None when either is missing."""
+    if value is None or pd.isna(value) or pd.isna(low) or pd.isna(high):
+        return None
+    return bool(low <= value <= high)
+
+
+def with_paper(table: pd.DataFrame, paper: dict) -> pd.DataFrame:
+    """``table`` with the paper's numbers per row and whether each lies inside our 95% interval."""
+    table = table.copy()
+    for i, axis in enumerate(("image", "text")):
+        values = [paper[label][i] if label in paper else None for label in table["label"]]
+        table[f"paper_{axis}"] = values
+        table[f"paper_{axis}_inside"] = [_inside(v, lo, hi) for v, lo, hi in
+                                         zip(values, table[f"{axis}_ci_low"], table[f"{axis}_ci_high"])]
+    return table
+
+
+def _references_line(table: pd.DataFrame, paper: bool) -> str:
+    kinds = sorted(set(table.get("image_references", pd.Series(dtype=str)).fillna("")))
+    ours = {("masked",): "masked references (backgrounds removed)",
+            ("unmasked",): "unmasked references (whole photos)"}.get(tuple(kinds), "references of unrecorded or "
+                                                                                  "mixed kinds")
+    line = f"Our image scores used {ours}."
+    if paper:
+        line += (" The paper's DINOv2 numbers came from masked references (the authors mask reference backgrounds "
+                 "with masks they do not publish)" + (": ours are not directly comparable." if kinds != ["masked"]
+                                                       else "."))
+    return line
+
+
+def _yes_no(value) -> str:
+    return "" if value is None or pd.isna(value) else ("yes" if value else "no")
 
 
 def _latex(text: str) -> str:
@@ -66,29 +117,48 @@ def _fmt(mean, low, high) -> str:
 
 
 def write(table: pd.DataFrame, out_dir, name: str, title: str, image_metric: str, text_metric: str,
-          paper: dict | None = None, names: dict | None = None):
-    """``name``.csv (tidy numbers), ``name``.md (with the paper's numbers when given), ``name``.tex."""
+          paper: dict | None = None, names: dict | None = None, preset: str | None = None,
+          paper_from: str | None = None):
+    """``name``.csv (tidy numbers), ``name``.md and ``name``.tex, with the paper's numbers when given
+    (``table`` then has with_paper's columns). ``preset``: ours; ``paper_from``: the preset matching the
+    paper's numbers (a mismatch prints a warning)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     names = names or {}
+    csv = table.copy()
+    for column in ("paper_image_inside", "paper_text_inside"):
+        if column in csv:  # true / false / empty (no paper number, or no interval of ours)
+            csv[column] = [{True: "true", False: "false"}.get(v, "") for v in csv[column]]
     with atomic_path(out_dir / f"{name}.csv") as tmp:
-        table.to_csv(tmp, index=False)
+        csv.to_csv(tmp, index=False)
     header = f"| | image ({image_metric}) | text ({text_metric}) | subjects |"
     rule = "|---|---|---|---|"
     if paper:
-        header, rule = header + " paper image | paper text |", rule + "---|---|"
-    lines = [f"**{title}** (mean over subjects, 95% bootstrap interval)", "", header, rule]
-    tex = [r"\begin{tabular}{lcc}", r"\toprule",
-           f"& Image ({_latex(image_metric)}) & Text ({_latex(text_metric)}) \\\\", r"\midrule"]
+        header += " paper image | paper text | paper image inside | paper text inside |"
+        rule += "---|---|---|---|"
+    lines = [f"**{title}** (mean over subjects, 95% bootstrap interval)", ""]
+    if preset:
+        lines.append(f"Preset: `{preset}`.")
+        if paper and paper_from and preset != paper_from:
+            lines.append(f"**Warning**: the paper's numbers correspond to preset `{paper_from}`, these runs used "
+                         f"`{preset}`: the protocols differ, so compare with care.")
+    lines += [_references_line(table, bool(paper)), "", header, rule]
+    columns = "lcccc" if paper else "lcc"
+    tex = [f"\\begin{{tabular}}{{{columns}}}", r"\toprule",
+           f"& Image ({_latex(image_metric)}) & Text ({_latex(text_metric)})"
+           + (" & Paper image & Paper text" if paper else "") + " \\\\", r"\midrule"]
     for r in table.itertuples():
         shown = names.get(r.label, r.label)
         line = (f"| {shown} | {_fmt(r.image_mean, r.image_ci_low, r.image_ci_high)} | "
                 f"{_fmt(r.text_mean, r.text_ci_low, r.text_ci_high)} | {r.subjects} |")
+        row = f"{_latex(shown)} & {r.image_mean:.3f} & {r.text_mean:.3f}"
         if paper:
-            ref = paper.get(r.label)
-            line += f" {ref[0]:.3f} | {ref[1]:.3f} |" if ref else " | |"
+            known = r.paper_image is not None and pd.notna(r.paper_image)
+            line += (f" {r.paper_image:.3f} | {r.paper_text:.3f} |" if known else " | |")
+            line += f" {_yes_no(r.paper_image_inside)} | {_yes_no(r.paper_text_inside)} |"
+            row += f" & {r.paper_image:.3f} & {r.paper_text:.3f}" if known else " & -- & --"
         lines.append(line)
-        tex.append(f"{_latex(shown)} & {r.image_mean:.3f} & {r.text_mean:.3f} \\\\")
+        tex.append(row + " \\\\")
     tex += [r"\bottomrule", r"\end{tabular}"]
     with atomic_path(out_dir / f"{name}.md") as tmp:
         tmp.write_text("\n".join(lines) + "\n")
@@ -96,18 +166,24 @@ def write(table: pd.DataFrame, out_dir, name: str, title: str, image_metric: str
         tmp.write_text("\n".join(tex) + "\n")
 
 
-def main_table(summary, out_dir, image_metric: str, text_metric: str, model_label: str, paper: str | None = None):
+def main_table(summary, out_dir, image_metric: str, text_metric: str, model_label: str, paper: str | None = None,
+               preset: str | None = None):
     summary = _read_summary(summary)
     methods = [m for m in METHOD_ORDER if m in set(summary["method"])]
     table = fidelity_rows(summary, image_metric, text_metric, methods)
     table.insert(0, "model", model_label)
+    if preset:
+        table.insert(1, "preset", preset)
+    numbers = paper_numbers("main", paper)
+    if numbers:
+        table = with_paper(table, numbers)
     write(table, out_dir, "main", f"Main table: {model_label}", image_metric, text_metric,
-          paper_numbers("main", paper), METHOD_NAMES)
+          numbers, METHOD_NAMES, preset, paper_preset(paper))
     return table
 
 
 def ablation_table(cells: dict[str, Path], default_summary, out_dir, image_metric: str, text_metric: str,
-                   default_cell: str, paper: str | None = None):
+                   default_cell: str, paper: str | None = None, preset: str | None = None):
     """``cells``: label -> summary.csv of that cell (its runs' ``method`` is ``dti``); the default
     DTI row comes from ``default_summary`` (the main table's)."""
     frames = []
@@ -122,6 +198,11 @@ def ablation_table(cells: dict[str, Path], default_summary, out_dir, image_metri
     with atomic_path(out_dir / "ablation_summary.csv") as tmp:
         combined.to_csv(tmp, index=False)
     table = fidelity_rows(combined, image_metric, text_metric, list(cells) + [default_cell])
+    if preset:
+        table.insert(0, "preset", preset)
+    numbers = paper_numbers("ablation", paper)
+    if numbers:
+        table = with_paper(table, numbers)
     write(table, out_dir, "ablation", "Ablation of DTI (optimizer, m*, kappa); last row: the default",
-          image_metric, text_metric, paper_numbers("ablation", paper))
+          image_metric, text_metric, numbers, preset=preset, paper_from=paper_preset(paper))
     return table

@@ -13,7 +13,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .config import TrainConfig
-from .data import draw_batch, list_images, load_reference, load_templates
+from .data import EpochOrder, draw_batch, list_images, load_reference, load_templates
 from .devices import frozen_dtype, resolve_device
 from .families import detect_family, family_class
 from .io import DTIError, content_digest, model_stamp, package_versions, truncate_log, write_json
@@ -26,6 +26,14 @@ def resolve_config(cfg: TrainConfig) -> TrainConfig:
     """``cfg`` with every unset field filled from its family's protocol defaults, then its method's."""
     family, method = family_class(cfg.family), method_class(cfg.method)
     return cfg.resolved(family.train_defaults, method.defaults)
+
+
+def check_gpu(cfg: TrainConfig):
+    """No silent CPU: a family whose released models need a GPU trains on the CPU (float32, hours)
+    only when asked for by name."""
+    if cfg.device == "auto" and resolve_device("auto").type == "cpu" and family_class(cfg.family).needs_gpu:
+        raise DTIError(f"no GPU here: a {cfg.family} model would train in float32 on the CPU; "
+                       "set device=cpu to do that anyway")
 
 
 def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False, family=None) -> Path:
@@ -42,6 +50,7 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False, family=No
     cfg = resolve_config(cfg)
     if not cfg.placeholder:
         raise DTIError("no placeholder given")
+    check_gpu(cfg)
     load_templates(cfg.templates)
     image_paths = list_images(cfg.images)
     inputs = {"model": model_stamp(cfg.model), "images": content_digest(image_paths)}
@@ -80,7 +89,7 @@ def _train_locked(cfg, out_dir: Path, resume: bool, family, image_paths: list[Pa
     check_vectors(final, f"the learned vectors of {out_dir}")
     meta = {"method": cfg.method, "family": cfg.family, "base_model": cfg.model, "placeholder": cfg.placeholder,
             "tokens": json.dumps(trainer.family.tokens), "initializer": cfg.initializer, "steps": cfg.steps,
-            "seed": cfg.seed, "effective_lr": cfg.lr, **trainer.method.file_metadata()}
+            "seed": cfg.seed, "effective_lr": trainer.lr, **trainer.method.file_metadata()}
     trainer.family.write_embedding_files(out_dir, trainer.family.tokens[0], final, meta)
     save_checkpoint(out_dir / CHECKPOINT, step, trainer.method, trainer.optimizer, trainer.gen)
     record.update(status="complete",
@@ -102,10 +111,11 @@ class Trainer:
                                                    frozen_dtype(self.device, cfg.mixed_precision), cfg)
         self.family = family
         self.templates = load_templates(cfg.templates)
-        # The templates must read the same with the placeholder added (e.g. "ot" would split "photo").
+        # The templates must read the same with the placeholder added (e.g. "hoto" would split "photo").
         self.slots = family.add_concept(cfg.placeholder, cfg.initializer, [t.format("") for t in self.templates])
         self.method = method_class(cfg.method)(cfg, self.slots)
         self.optimizer = self.method.make_optimizer()
+        self.lr = self.optimizer.param_groups[0]["lr"]  # the one in use (AdamW on DTI's direction: adamw_lr)
         # What the log measures drift from: the vectors at step 0 (also when resuming) and the initializer's rows.
         self.initial = self.embeddings()
         self.initializer_rows = [s.initializer_rows.to(self.device) for s in self.slots]
@@ -115,8 +125,10 @@ class Trainer:
             raise DTIError(f"resolution {cfg.resolution} is not a multiple of the VAE's "
                            f"{self.pixels_per_latent} pixels per latent")
         refs = [load_reference(p, cfg.resolution, self.pixels_per_latent) for p in image_paths]
-        self.latents = family.encode_images([r.pixels for r in refs])
+        self.latents = family.encode_images([r.pixels for r in refs])  # (mean, std) of each posterior
         self.sizes = [r.original_size for r in refs]
+        self.order = EpochOrder(len(refs), cfg.seed) if cfg.image_order == "epochs" else None
+        self.draws = 0  # photos drawn so far: the image order's position
         self.token_string = family.token_string(family.tokens)
         self.gen = torch.Generator().manual_seed(cfg.seed)
 
@@ -130,8 +142,12 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         data_loss = 0.0
         for _ in range(cfg.grad_accum):
+            picks = self.order.picks(self.draws, cfg.batch_size) if self.order else None
+            self.draws += cfg.batch_size
             batch = draw_batch(self.latents, self.sizes, self.templates, self.token_string, cfg.batch_size,
-                               cfg.resolution // self.pixels_per_latent, self.pixels_per_latent, self.gen)
+                               cfg.resolution // self.pixels_per_latent, self.pixels_per_latent, self.gen, picks,
+                               sample_latents=cfg.latent_sampling == "sample",
+                               zero_pad=family.zero_padded if cfg.zero_pad else None)
             family.set_rows(self.method.embeddings())
             cond = family.encode_prompts(batch["prompts"])
             loss = family.loss(batch["latents"].to(self.device), cond, batch, self.gen)
@@ -150,9 +166,10 @@ class Trainer:
         step, a checkpoint every ``checkpoint_every`` steps."""
         cfg, method = self.cfg, self.method
         initial, init_rows = self.initial, self.initializer_rows
+        self.draws = step * cfg.grad_accum * cfg.batch_size  # a resumed run continues the image order
         log = StepLog(out_dir / LOG)
         if step == 0:
-            log.write(0, float("nan"), initial, initial, init_rows, lr=cfg.lr)
+            log.write(0, float("nan"), initial, initial, init_rows, lr=self.lr)
         bar = tqdm(total=cfg.steps, initial=step, disable=not sys.stderr.isatty(), desc=cfg.method)
         last_checkpoint = step
         try:
@@ -168,8 +185,8 @@ class Trainer:
                 check_vectors(self.embeddings(), f"the learned vectors at step {step} (training stopped, {kept})")
                 with torch.no_grad():
                     grads = [p.grad.detach().clone() for p in method.params]
-                    updates = [(p - q) / cfg.lr for p, q in zip(method.params, params_before)]
-                log.write(step, loss, self.embeddings(), initial, init_rows, before, grads, updates, cfg.lr)
+                    updates = [(p - q) / self.lr for p, q in zip(method.params, params_before)]
+                log.write(step, loss, self.embeddings(), initial, init_rows, before, grads, updates, self.lr)
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss:.4f}")
                 if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < cfg.steps:

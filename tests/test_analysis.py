@@ -18,7 +18,7 @@ def runs(tiny_models, ref_images, tmp_path_factory):
     for method, lr in (("ti", 0.5), ("dti", 0.001)):
         cfg = TrainConfig(method=method, model=str(tiny_models["sdxl"]), images=str(ref_images),
                           placeholder="<sks>", initializer="dog", steps=2).set(
-            ["resolution=64", "batch_size=1", f"lr={lr}"])
+            ["resolution=64", "batch_size=1", f"lr={lr}", "device=cpu"])
         out.append(train(cfg, root / method))
     return out
 

@@ -16,7 +16,7 @@ from dti.cli import main
 def _train_args(model, images, out, *extra):
     return ["train", "--model", str(model), "--method", "dti", "--images", str(images), "--placeholder", "<sks>",
             "--initializer", "dog", "--steps", "1", "--out", str(out), "--set", "resolution=64",
-            "--set", "batch_size=1", *extra]
+            "--set", "batch_size=1", "--set", "device=cpu", *extra]
 
 
 def _error_line(capsys):

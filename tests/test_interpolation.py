@@ -72,7 +72,7 @@ def runs(tiny_models, ref_images, tmp_path_factory):
     def run(name, method="dti", initializer="dog", seed=0, steps=2, family="sd"):
         cfg = TrainConfig(method=method, model=str(tiny_models[family]), images=str(ref_images),
                           placeholder=f"<{name}>", initializer=initializer, steps=steps, seed=seed).set(
-            ["resolution=64", "batch_size=1"])
+            ["resolution=64", "batch_size=1", "device=cpu"])
         return train(cfg, root / name)
 
     return {"a": run("a", seed=0), "b": run("b", initializer="cat", seed=1),

@@ -20,7 +20,8 @@ GEN_SIZE = {"sd": 64, "sdxl": 64, "sana": 256}
 
 
 def make_cfg(family, method, model, images, steps=3, **overrides):
-    sets = [f"{k}={v}" for k, v in {"resolution": 64, "batch_size": 2, "grad_accum": 1, **overrides}.items()]
+    defaults = {"resolution": 64, "batch_size": 2, "grad_accum": 1, "device": "cpu"}  # SDXL, SANA: cpu by name
+    sets = [f"{k}={v}" for k, v in {**defaults, **overrides}.items()]
     cfg = TrainConfig(method=method, model=str(model), images=str(images), placeholder="<sks>",
                       initializer="stuffed animal", steps=steps, family=family).set(sets)
     return resolve_config(cfg)

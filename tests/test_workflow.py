@@ -56,6 +56,32 @@ def test_paper_configs_use_the_papers_models_and_protocol():
     plan = snakemake("-n", "-p", "--configfile", "experiments/sdxl.yaml", "--config", "protocol=dreambooth", cores=8)
     assert "--prompts dreambooth" in plan.stdout and "--protocol dreambooth" in plan.stdout
     assert "results/sdxl_dreambooth/" in plan.stdout
+    # The authors' SDXL launchers initialise every method from their class word (the `dti_class` column),
+    # not the `initializer` column ("jar" for candle, "red backpack" for backpack); the ablation's DTI too.
+    for subject, word in (("candle", "candle"), ("backpack", "backpack"), ("pink_sunglasses", "sunglasses")):
+        inits = {m: set(re.findall(rf"--method {m} --images \S+/{subject} .*?--initializer (\S+)", plan.stdout))
+                 for m in ("ti", "crossinit", "dti")}
+        assert inits == {m: {word} for m in inits}, inits
+    assert "--initializer jar" not in plan.stdout and "'red backpack'" not in plan.stdout
+    assert "--preset code" in plan.stdout  # the tables name the preset
+
+
+def test_sana_authors_preset_reproduces_the_launchers_confounds_included(tmp_path):
+    # preset `authors`: DTI from the `initialization` field with zero-padded prompts, TI and CrossInit from
+    # the class word without; the default preset (de-confounded) gives every method the class word.
+    plan = snakemake("-n", "-p", "--configfile", "experiments/sana_1.6b.yaml",
+                     "--config", f"results_dir={tmp_path}", "preset=authors", cores=8)
+    assert plan.returncode == 0, plan.stderr[-2000:]
+    train = {m: [line for line in plan.stdout.splitlines() if f"--method {m} --images" in line]
+             for m in ("ti", "crossinit", "dti")}
+    assert all(len(lines) == 30 for lines in train.values())
+    candle = {m: next(line for line in lines if "/candle " in line) for m, lines in train.items()}
+    assert "--initializer jar" in candle["dti"] and "--set zero_pad=True" in candle["dti"]
+    for method in ("ti", "crossinit"):
+        assert "--initializer candle" in candle[method] and "zero_pad" not in candle[method]
+    assert all("zero_pad=True" in line for line in train["dti"])
+    assert f"{tmp_path}/sana_1.6b_authors/runs/dti/candle/seed42" in candle["dti"]  # its own results folder
+    assert "--paper sana_1.6b --preset authors" in plan.stdout
 
 
 def test_schema_names_the_bad_key(tmp_path):
@@ -113,7 +139,8 @@ def weird_inputs(tmp_path, folder="$HOME it's `touch INJECTED`;x"):
     evaluator.symlink_to(ROOT / "experiments" / "mini" / "world" / "evaluator")
     table = pd.read_csv(ROOT / "experiments" / "mini" / "world" / "subjects.csv")
     ember = table["subject"] == "ember_triangle"
-    table.loc[ember, ["class", "initializer"]] = ["tri angle's", "it's $(touch INJECTED)"]
+    # dti_class: the initializer word the configurations read (initializer_source: class)
+    table.loc[ember, ["class", "dti_class", "initializer"]] = ["tri angle's", *["it's $(touch INJECTED)"] * 2]
     subjects = home / "subjects.csv"
     table.to_csv(subjects, index=False)
     return home / "results", model, evaluator, subjects
@@ -186,17 +213,20 @@ BAD_VALUES = {
                   "rescale_stat": "median", "score": {"device": "tpu",
                                                       "model_ids": {"mini": "experiments/mini/world/evaluator",
                                                                     "dinov3": "x"}},
-                  "model": "experiments/mini/world/no_such_pipeline", "mini_world_device": "tpu"},
+                  "model": "experiments/mini/world/no_such_pipeline", "mini_world_device": "tpu",
+                  "presets": {"p": {"train_by_method": {"dti": {"seed": 1}}}}, "preset": "q"},
                  ["config train: unknown key 'stepz'", "config train: 'seed' is the workflow's to set",
                   "config sample.settings: sampling steps must be >= 1, got 0",
                   "config sample.settings.device: unknown device",
                   "config rescale_stat: m_star must be mean, min, max or a positive number, got 'median'",
                   "config score.device: unknown device 'tpu'", "config score.model_ids: unknown backbone 'dinov3'",
                   "config model: 'experiments/mini/world/no_such_pipeline': no such local folder",
-                  "config mini_world_device: unknown device 'tpu'"]),
-    "ranges": ({"train": {"steps": -1, "device": "$(touch INJECTED)cpu"}, "rescale_stat": "inf",
+                  "config mini_world_device: unknown device 'tpu'", "config preset: unknown preset 'q'; valid: p",
+                  "config presets.p.train_by_method.dti: 'seed' is the workflow's to set"]),
+    "ranges": ({"train": {"steps": -1, "device": "$(touch INJECTED)cpu"}, "train_by_method": {"ti": {"lr": -1}},
+                "rescale_stat": "inf",
                 "model": "experiments/mini/world/subjects"},
-               ["config train: steps must be >= 1, got -1",
+               ["config train: steps must be >= 1, got -1", "config train_by_method.ti: lr must be positive",
                 "config train.device: unknown device '$(touch INJECTED)cpu'",
                 "config rescale_stat: m_star must be a positive finite number", "has no model_index.json"]),
     "cells": ({"ablation": {"cells": [{"direction_optimizer": "rsgd", "m_star": 0, "kappa": 0.0},

@@ -24,7 +24,8 @@ rule train_ablation:
     wildcard_constraints: seed=r"\d+"
     params:
         **train_params(run=lambda wildcards, output: os.path.dirname(output.embeds),
-                       settings=lambda wildcards: settings({**config.get("train", {}), **CELLS.instance(wildcards)})),
+                       settings=lambda wildcards: settings({**method_train("dti"), **CELLS.instance(wildcards)}),
+                       method="dti"),
     threads: threads("train")
     resources: **job_resources("train")
     log: f"{OUT}/logs/ablation/{CELLS.wildcard_pattern}/{{subject}}_seed{{seed}}.log"
@@ -69,4 +70,4 @@ rule ablation_table:
         paper=f"--paper {shlex.quote(config['paper_numbers'])}" if config.get("paper_numbers") else "",
     shell:
         "{PY} -m dti tables ablation --summary {input.default:q} {params.cells} --image-metric {IMAGE_METRIC}"
-        " --text-metric {TEXT_METRIC} {params.paper} --out {OUT:q}/tables"
+        " --text-metric {TEXT_METRIC} {params.paper} {PRESET_OPTION} --out {OUT:q}/tables"

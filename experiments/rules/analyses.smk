@@ -58,7 +58,7 @@ rule positional_probe:
 rule residual_stagnation:
     input: MODEL_INPUT, MAIN_RUNS
     output: figure("residual_stagnation"), f"{TABLES}/residual_stagnation.csv"
-    params: env=torch_env("analysis"), initializer=ANALYSES.get("initializer", TABLE[SUBJECTS[0]]["initializer"])
+    params: env=torch_env("analysis"), initializer=ANALYSES.get("initializer", initializer_of("dti", SUBJECTS[0]))
     threads: threads("analysis")
     resources: **job_resources("analysis")
     shell:

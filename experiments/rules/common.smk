@@ -25,7 +25,13 @@ PROTOCOL = config.get("protocol", "paper")
 if config["world"] == "dreambooth" and PROTOCOL == "dreambooth":
     config["data"]["prompt_set"], config["score"]["protocol"] = "dreambooth", "dreambooth"
     config["paper_numbers"] = None
-OUT = f"{config['results_dir']}/{config['name']}" + ("_dreambooth" if PROTOCOL == "dreambooth" else "")
+# Presets: named bundles of train settings and initializer sources (`--config preset=NAME`), merged under
+# the configuration's own. The first is the default; another's results get their own folder, so that
+# two protocols never share runs.
+PRESETS = config.get("presets") or {}
+PRESET = config.get("preset") or next(iter(PRESETS), None)
+OUT = (f"{config['results_dir']}/{config['name']}" + (f"_{PRESET}" if PRESET != next(iter(PRESETS), None) else "")
+       + ("_dreambooth" if PROTOCOL == "dreambooth" else ""))
 DATA = config["data"]
 try:
     TABLE = {row["subject"]: row for row in read_subjects(DATA["subjects_file"])}
@@ -39,6 +45,38 @@ SUBJECTS = config.get("subjects") or list(TABLE)
 # one would override them, and a run folder would hold another run than its name says.
 WORKFLOW_TRAIN_KEYS = ("method", "model", "images", "placeholder", "initializer", "seed")
 HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")  # org/name (or a bare name)
+
+
+# The initializer word of a run: a column of the subjects table. `class` is the authors' class word (their
+# SDXL launchers, and their TI and CrossInit everywhere): their `class` field, our `dti_class` column (the
+# DreamBooth noun in our `class` column differs for pink_sunglasses alone: "glasses" for their "sunglasses").
+# `initialization` is the authors' field of that name, our `initializer` column (their SANA DTI alone).
+INITIALIZER_COLUMNS = {"class": "dti_class", "initialization": "initializer"}
+
+
+def _layers(key: str, method: str, preset) -> list:
+    """``key``'s values for one method, most specific first: the configuration's ``KEY_by_method``, the
+    preset's, the configuration's shared ``KEY``, the preset's. A method's own value beats a shared one;
+    at the same level the configuration beats its preset."""
+    chosen = PRESETS.get(preset) or {}
+    return [(config.get(f"{key}_by_method") or {}).get(method), (chosen.get(f"{key}_by_method") or {}).get(method),
+            config.get(key), chosen.get(key)]
+
+
+def method_train(method: str, preset=PRESET) -> dict:
+    """The train settings of one method: its layers merged, the most specific last."""
+    merged = {}
+    for layer in reversed(_layers("train", method, preset)):
+        merged.update(layer or {})
+    return merged
+
+
+def initializer_source(method: str, preset=PRESET) -> str:
+    return next((s for s in _layers("initializer_source", method, preset) if s), "class")
+
+
+def initializer_of(method: str, subject: str) -> str:
+    return TABLE[subject][INITIALIZER_COLUMNS[initializer_source(method)]]
 
 
 def assignments(values) -> list[str]:
@@ -78,14 +116,33 @@ def config_problems(config) -> list[str]:
             else:
                 check(key, check_name, subject, "subject")  # it becomes a folder name
     check("data.prompt_set", read_prompt_set, DATA["prompt_set"], False, DATA["prompts_file"])
-    train = config.get("train") or {}
-    for key in sorted(set(train) & set(WORKFLOW_TRAIN_KEYS)):
-        problems.append(f"config train: {key!r} is the workflow's to set (from methods, seeds, data and the "
-                        "subjects table), not a train setting")
-    check("train.device", check_device_name, str(train.get("device", "auto")))
-    if check("train", lambda: TrainConfig().set(assignments(train)).check()):  # else every cell repeats it
+    if config.get("preset") and config["preset"] not in PRESETS:
+        problems.append(f"config preset: unknown preset {config['preset']!r}; "
+                        + (f"valid: {', '.join(PRESETS)}" if PRESETS else "this configuration defines none"))
+    # Every layer of train settings (shared, per method, each preset's), each checked once by its key.
+    layers = [("train", config.get("train"))]
+    layers += [(f"train_by_method.{m}", v) for m, v in (config.get("train_by_method") or {}).items()]
+    for name, p in PRESETS.items():
+        layers.append((f"presets.{name}.train", p.get("train")))
+        layers += [(f"presets.{name}.train_by_method.{m}", v) for m, v in (p.get("train_by_method") or {}).items()]
+    layers_ok = True
+    for key, train in layers:
+        train = train or {}
+        for name in sorted(set(train) & set(WORKFLOW_TRAIN_KEYS)):
+            problems.append(f"config {key}: {name!r} is the workflow's to set (from methods, seeds, data and the "
+                            "subjects table), not a train setting")
+        layers_ok &= check(f"{key}.device", check_device_name, str(train.get("device", "auto")))
+        layers_ok &= check(key, lambda: TrainConfig().set(assignments(train)).check())
+    if layers_ok:  # else every cell repeats the problem
+        dti_train = method_train("dti", PRESET if PRESET in PRESETS else None)
         for i, cell in enumerate(config.get("ablation", {}).get("cells", [])):
-            check(f"ablation.cells[{i}]", lambda: TrainConfig().set(assignments({**train, **cell})).check())
+            check(f"ablation.cells[{i}]", lambda: TrainConfig().set(assignments({**dti_train, **cell})).check())
+    columns = set(next(iter(TABLE.values()), {}))
+    sources = {initializer_source(m, p) for p in (PRESETS or [None]) for m in ("ti", "crossinit", "dti")}
+    for source in sorted(sources):
+        if TABLE and INITIALIZER_COLUMNS[source] not in columns:
+            problems.append(f"config initializer_source: {source!r} reads column {INITIALIZER_COLUMNS[source]!r}, "
+                            f"which {DATA['subjects_file']} lacks")
     sample = config["sample"].get("settings") or {}
     check("sample.settings.device", check_device_name, str(sample.get("device", "auto")))
     check("sample.settings", lambda: SampleConfig().set(assignments(sample)).check())
@@ -187,11 +244,11 @@ def train_command(method: str) -> str:
             " {params.settings} > {log:q} 2>&1")
 
 
-def train_params(run, settings) -> dict:
+def train_params(run, settings, method=None) -> dict:
     """The params train_command reads. ``run``: the run folder; ``settings``: the `--set` options (each
-    a value or a function)."""
+    a value or a function); ``method``: the method trained (None: the rule's wildcard)."""
     return {"run": run, "placeholder": lambda wildcards: f"<{wildcards.subject}>",
-            "initializer": lambda wildcards: TABLE[wildcards.subject]["initializer"],
+            "initializer": lambda wildcards: initializer_of(method or wildcards.method, wildcards.subject),
             "settings": settings, "env": torch_env("train"), "gpu": gpu_wrap("train")}
 
 
@@ -213,6 +270,7 @@ SCORE = config["score"]
 MODEL_IDS = " ".join(f"--model-id {shlex.quote(f'{k}={v}')}" for k, v in sorted(SCORE.get("model_ids", {}).items()))
 ATTRIBUTES = (f"--prompt-sets {shlex.quote(DATA['prompts_file'])} --subjects {shlex.quote(DATA['subjects_file'])}"
               if SCORE["protocol"] == "mini" else "")
+PRESET_OPTION = f"--preset {shlex.quote(PRESET)}" if PRESET else ""  # the tables name it, and warn on a mismatch
 MASKS = f"--masks {shlex.quote(DATA['masks'])}" if DATA.get("masks") else ""
 IMAGE_METRIC, TEXT_METRIC = {"paper": ("dinov2", "siglip"), "dreambooth": ("dino", "clip_t"),
                              "mini": ("mini_patch", "mini_clip_t")}[SCORE["protocol"]]

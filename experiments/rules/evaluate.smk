@@ -63,4 +63,4 @@ rule main_table:
     params: paper=f"--paper {shlex.quote(config['paper_numbers'])}" if config.get("paper_numbers") else ""
     shell:
         "{PY} -m dti tables main --summary {input:q} --image-metric {IMAGE_METRIC} --text-metric {TEXT_METRIC}"
-        " --model-label {config[name]:q} {params.paper} --out {OUT:q}/tables"
+        " --model-label {config[name]:q} {params.paper} {PRESET_OPTION} --out {OUT:q}/tables"

@@ -7,7 +7,7 @@ rule train:
     wildcard_constraints: method=trained_methods_regex(), seed=r"\d+"
     params:
         **train_params(run=lambda wildcards: run_dir(wildcards.method, wildcards.subject, wildcards.seed),
-                       settings=settings(config.get("train"))),
+                       settings=lambda wildcards: settings(method_train(wildcards.method))),
     threads: threads("train")
     resources: **job_resources("train")
     log: f"{OUT}/logs/train/{{method}}_{{subject}}_seed{{seed}}.log"
