@@ -1,7 +1,7 @@
 """Training configuration: one dataclass whose fields carry their help text.
 
 A field left at ``None`` takes its value from the model family's protocol defaults
-(``Family.train_defaults``, the authors' launchers as recorded in the paper's spec) and then
+(``Family.train_defaults``, the authors' launchers) and then
 from the method's (``Method.defaults``); ``dti.train.resolve_config`` fills them in.
 ``--set key=value`` overrides any field.
 """

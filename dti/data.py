@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-from .io import DTIError, one_line
+from .io import DTIError, one_line, read_json
 
 
 def load_templates(key: str) -> list[str]:
@@ -211,7 +211,7 @@ def read_prompt_set(name: str, live: bool, path: str | Path | None = None) -> li
     path = Path(path) if path else BENCHMARK.joinpath("prompt_sets.json")
     if not path.is_file():
         raise DTIError(f"prompt sets file {path} not found")
-    sets = {k: v for k, v in json.loads(path.read_text()).items() if not k.startswith("_")}
+    sets = {k: v for k, v in read_json(path).items() if not k.startswith("_")}
     if name not in sets:
         raise DTIError(f"unknown prompt set {name!r}; available: {', '.join(sorted(sets))}")
     return sets[name]["live" if live else "object"]
@@ -267,7 +267,7 @@ def _download_dreambooth(tmp: Path) -> Path:
     try:
         with urllib.request.urlopen(DREAMBOOTH_ARCHIVE, timeout=60) as response:
             archive = zipfile.ZipFile(io.BytesIO(response.read()))
-    except OSError as exc:
+    except (OSError, zipfile.BadZipFile) as exc:
         raise DTIError(f"cannot download {DREAMBOOTH_ARCHIVE} ({exc}); pass --from LOCAL_DIR instead") from None
     archive.extractall(tmp / "archive")
     found = sorted((tmp / "archive").glob("*/dataset"))

@@ -82,11 +82,13 @@ def _write_rescaled(run_dir, out_dir: Path, stat: str, method, record: dict, sca
     meta = {"method": method.name, "family": cfg["family"], "base_model": cfg["model"],
             "placeholder": cfg["placeholder"], "source_run": str(run_dir), "stat": stat,
             "steps": cfg["steps"], "seed": cfg["seed"]}
-    FAMILIES[cfg["family"]].write_embedding_files(out_dir, record["tokens"][0], scaled, meta)
     new_record = {**record, "method": method.name, "source_run": str(run_dir), "rescale_stat": stat,
                   "rescale_norms": dict(zip(record["encoders"], norms)),
                   "final_norms": {e: r.norm(dim=1).tolist() for e, r in zip(record["encoders"], scaled)}}
-    write_json(new_record, out_dir / "run.json")
+    # run.json first, as a run writes it: a rescale cut off before its files is this same rescale, redone
+    write_json({**new_record, "status": "running"}, out_dir / RECORD)
+    FAMILIES[cfg["family"]].write_embedding_files(out_dir, record["tokens"][0], scaled, meta)
+    write_json(new_record, out_dir / RECORD)
     return out_dir
 
 

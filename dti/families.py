@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from .io import DTIError, save_tensors
+from .io import DTIError, one_line, save_tensors
 from .methods import EncoderSlot
 
 FAMILIES: dict[str, type["Family"]] = {}
@@ -38,7 +38,7 @@ def detect_family(model: str) -> str:
     try:
         index = DiffusionPipeline.load_config(model)
     except Exception as exc:  # noqa: BLE001 - the loaders raise many types; report one line
-        raise DTIError(f"cannot read model_index.json of {model!r}: {str(exc).splitlines()[0]}") from None
+        raise DTIError(f"cannot read model_index.json of {model!r}: {one_line(exc)}") from None
     cls_name = index.get("_class_name", "")
     if Path(model).is_dir():  # a local folder: every component it names must be there
         named = [k for k, v in index.items() if not k.startswith("_") and isinstance(v, list) and v[0]]
@@ -169,7 +169,7 @@ class Family:
         try:
             pipe = DiffusionPipeline.from_pretrained(model, dtype=dtype, **cls.pipeline_kwargs)
         except Exception as exc:  # noqa: BLE001 - the loaders raise many types; report one line
-            raise DTIError(f"cannot load pipeline {model!r}: {str(exc).splitlines()[0]}") from None
+            raise DTIError(f"cannot load pipeline {model!r}: {one_line(exc)}") from None
         if type(pipe).__name__ not in cls.pipeline_classes:
             raise DTIError(f"{model!r} is a {type(pipe).__name__}, not a {cls.name} pipeline")
         pipe.set_progress_bar_config(disable=True)

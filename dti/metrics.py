@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from .io import DTIError
+from .io import DTIError, one_line
 
 __all__ = ["BACKBONES", "METRICS", "PROTOCOLS", "Backbone", "Backbones", "ClsTokenBackbone", "DINOBackbone",
            "DINOv2Backbone", "Metric", "OpenCLIPBackbone", "ScoringInputs", "SigLIPBackbone", "TransformersBackbone",
@@ -362,11 +362,6 @@ def expectations_for(metric_names, prompt_sets, subjects) -> Callable | None:
     return makers[0](prompt_sets, subjects) if makers else None
 
 
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return f"{type(exc).__name__}: {text[:300]}" if text else type(exc).__name__
-
-
 class Backbones:
     """The backbones that ``metric_names`` need, each loaded once.
 
@@ -391,7 +386,7 @@ class Backbones:
                 raise DTIError(f"cannot load model '{model_id}' for metric(s) {', '.join(users)}: {e}") from None
             except Exception as e:  # the loaders raise OSError, ValueError, RuntimeError, ... for a bad id
                 raise DTIError(f"cannot load model '{model_id}' for metric(s) {', '.join(users)}: "
-                               f"{_one_line(e)}") from e
+                               f"{one_line(e)}") from e
             self._models[backbone] = loaded
 
     @property
@@ -558,7 +553,7 @@ def _read_manifest(manifest: Path):
     except pd.errors.EmptyDataError:
         raise DTIError(f"manifest {manifest} is empty") from None
     except (pd.errors.ParserError, UnicodeDecodeError) as e:
-        raise DTIError(f"manifest {manifest} is not a readable CSV ({_one_line(e)})") from None
+        raise DTIError(f"manifest {manifest} is not a readable CSV ({one_line(e)})") from None
     missing = [c for c in MANIFEST_COLUMNS if c not in df.columns]
     if missing:
         raise DTIError(f"manifest {manifest} lacks required column(s) {', '.join(missing)}")
@@ -734,7 +729,7 @@ def _load_plugins():
         except DTIError:
             raise
         except Exception as e:  # a broken plugin must not pass for "no such metric"
-            raise DTIError(f"score plugin '{plugin.name}' ({plugin.value}) failed to load: {_one_line(e)}") from e
+            raise DTIError(f"score plugin '{plugin.name}' ({plugin.value}) failed to load: {one_line(e)}") from e
 
 
 _load_plugins()

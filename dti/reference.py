@@ -58,9 +58,12 @@ def save(results: Path, reference: Path):
                        f"{results / 'tables'})")
     (reference / "tables").mkdir(parents=True, exist_ok=True)
     (reference / "figures").mkdir(parents=True, exist_ok=True)
-    for path in sorted((results / "tables").glob("*")):
+    # Every table, the per-subject and per-metric summaries below tables/ too: a README may cite any.
+    for path in sorted((results / "tables").rglob("*")):
         if path.is_file() and path.suffix in (".csv", ".md", ".tex"):
-            shutil.copy(path, reference / "tables" / path.name)
+            target = reference / "tables" / path.relative_to(results / "tables")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(path, target)
     for path in sorted((results / "figures").rglob("*")):
         if path.is_file() and path.suffix in (".png", ".txt"):
             target = reference / "figures" / path.relative_to(results / "figures")

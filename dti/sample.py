@@ -126,8 +126,9 @@ def _sample_locked(run_dir, out_dir: Path, subject: str, class_noun: str, templa
         check_words_kept(tokenizer, tokenizer.convert_tokens_to_ids(concept.tokens), concept.placeholder,
                          [t.format(class_noun) for t in templates])
     settings = {**family.sample_defaults, **{k: v for k, v in dataclasses.asdict(cfg).items() if v is not None}}
-    if settings.get("height") is None:
-        settings["height"] = settings["width"] = family.default_image_size(pipe)
+    for side in ("height", "width"):  # SD-style: the pipeline's own size for a side not given
+        if settings.get(side) is None:
+            settings[side] = family.default_image_size(pipe)
     for side in ("height", "width"):
         if settings[side] % pipe.vae_scale_factor:
             raise DTIError(f"sampling {side} {settings[side]} is not a multiple of the VAE's "

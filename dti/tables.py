@@ -169,7 +169,9 @@ def write(table: pd.DataFrame, out_dir, name: str, title: str, image_metric: str
 def main_table(summary, out_dir, image_metric: str, text_metric: str, model_label: str, paper: str | None = None,
                preset: str | None = None):
     summary = _read_summary(summary)
-    methods = [m for m in METHOD_ORDER if m in set(summary["method"])]
+    present = list(dict.fromkeys(summary["method"]))
+    # the paper's order, then any other method (a newly registered one) in the summary's order
+    methods = [m for m in METHOD_ORDER if m in present] + [m for m in present if m not in METHOD_ORDER]
     table = fidelity_rows(summary, image_metric, text_metric, methods)
     table.insert(0, "model", model_label)
     if preset:

@@ -153,10 +153,11 @@ def personalization(world_dir: Path, pipe, evaluator, subjects: list[str], steps
                     device: str = "cpu") -> dict:
     """TI on each subject; image similarity (evaluator patch and CLIP embeddings) of 'a photo of a X'
     with X = the learned token vs X = the class word, and the wall times of training and sampling."""
+    from dti.config import TrainConfig
     from dti.data import list_images, open_rgb, read_subjects
     from dti.embeddings import load_embeddings
     from dti.sample import SampleConfig, sample
-    from dti.train import TrainConfig, train
+    from dti.train import train
 
     table = {r["subject"]: r for r in read_subjects(world_dir / "subjects.csv")}
     results = {}
@@ -166,7 +167,8 @@ def personalization(world_dir: Path, pipe, evaluator, subjects: list[str], steps
         refs_dir = world_dir / "subjects" / name
         cfg = TrainConfig(method="ti", model=str(world_dir / "pipeline"), family="sd", images=str(refs_dir),
                           placeholder=f"<{name}>", initializer=table[name]["class"], steps=steps, resolution=world.SIZE,
-                          seed=0, device=device, checkpoint_every=0)
+                          seed=0, device=device, checkpoint_every=0,
+                          latent_sampling="mode")  # the UNet learned on posterior means (experiments/mini.yaml)
         t0 = time.time()
         run = train(cfg, out / "runs" / name)
         train_seconds = time.time() - t0

@@ -13,11 +13,10 @@ for the shipped one) with no default: pass ``--model-id mini=PATH --model-id rea
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 
-from dti.io import DTIError
+from dti.io import DTIError, read_json
 from dti.metrics import Backbone, Metric, register_backbone, register_metric, register_protocol
 
 from .models import Evaluator, Readout
@@ -65,7 +64,7 @@ def mini_expectations(prompt_sets, subjects) -> Callable:
     prompt sets (with their ``attributes``) and subjects table (class, colour, pattern)."""
     from dti.data import read_subjects
 
-    sets = json.loads(Path(prompt_sets).read_text())
+    sets = read_json(prompt_sets)
     table = {r["subject"]: r for r in read_subjects(subjects)}
 
     def expect(subject: str, prompt_set: str, index: int) -> dict:
@@ -74,6 +73,8 @@ def mini_expectations(prompt_sets, subjects) -> Callable:
         attributes = sets.get(prompt_set, {}).get("attributes")
         if attributes is None:
             raise DTIError(f"prompt set {prompt_set!r} in {prompt_sets} has no 'attributes' list")
+        if not 0 <= int(index) < len(attributes):
+            raise DTIError(f"prompt {index} of set {prompt_set!r} has no attributes in {prompt_sets}")
         prompt = dict(attributes[int(index)])
         row = table[subject]
         own = {"class": row["class"], "colour": row["colour"], "pattern": row["pattern"]}

@@ -19,8 +19,12 @@ def test_reference_check(tmp_path):
     problems = reference.compare(tmp_path / "far", tmp_path / "ref")
     assert len(problems) == 1 and "image_mean row 1" in problems[0]
     assert reference.main(["check", "--results", str(tmp_path / "far"), "--reference", str(tmp_path / "ref")]) == 1
+    (tmp_path / "close" / "tables" / "main_scores").mkdir()
+    (tmp_path / "close" / "tables" / "main_scores" / "summary.csv").write_text("method,mean\nti,0.5\n")
     reference.save(tmp_path / "close", tmp_path / "saved")
     assert reference.compare(tmp_path / "close", tmp_path / "saved") == []
+    # the summaries below tables/ are kept too (a README may cite them)
+    assert (tmp_path / "saved" / "tables" / "main_scores" / "summary.csv").read_text() == "method,mean\nti,0.5\n"
 
 
 def _run(capsys, *args):

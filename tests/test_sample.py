@@ -35,6 +35,13 @@ def test_sample_writes_browsable_images_and_a_manifest(sd_run, tmp_path):
     assert not np.array_equal(a, b)  # the seeds differ
 
 
+def test_a_width_alone_keeps_the_pipelines_height(sd_run, tmp_path):
+    rows = pd.read_csv(sample(sd_run, tmp_path, "dog", "dog", TEMPLATES[:1], [0], "p",
+                              SampleConfig().set(["steps=2", "width=72"])))
+    with Image.open(tmp_path / rows["file"][0]) as im:
+        assert im.size == (72, 64) and (rows["width"][0], rows["height"][0]) == (72, 64)
+
+
 def test_image_depends_on_run_prompt_and_seed_alone_and_reruns_resume(sd_run, tmp_path):
     cfg = SampleConfig().set(["steps=2"])
     both = pd.read_csv(sample(sd_run, tmp_path / "both", "dog", "dog", TEMPLATES, [0, 1], "p", cfg))

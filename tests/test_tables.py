@@ -22,17 +22,18 @@ def summary_of(tmp_path, name, scores: dict, references: str | None = None) -> s
 
 
 def test_main_table_orders_methods_and_prints_the_papers_numbers(tmp_path):
-    summary = summary_of(tmp_path, "main", {"dti": ((0.4, 0.6), (0.5, 0.7)), "ti": ((0.6, 0.8), (0.2, 0.4)),
-                                            "ti_rescaled": ((0.1, 0.3), (0.4, 0.6))})
+    summary = summary_of(tmp_path, "main", {"dti": ((0.4, 0.6), (0.5, 0.7)), "newer": ((0.5, 0.5), (0.5, 0.5)),
+                                            "ti": ((0.6, 0.8), (0.2, 0.4)), "ti_rescaled": ((0.1, 0.3), (0.4, 0.6))})
     table = tables.main_table(summary, tmp_path / "out", "dinov2", "siglip", "sdxl", paper="sdxl")
-    assert table["label"].tolist() == ["ti", "ti_rescaled", "dti"]  # the paper's order, absent methods left out
+    # the paper's order, absent methods left out; a method the paper has not (a new one) after them
+    assert table["label"].tolist() == ["ti", "ti_rescaled", "dti", "newer"]
     assert table.set_index("label").loc["ti", "image_mean"] == pytest.approx(0.7)
     assert table.set_index("label").loc["dti", "text_mean"] == pytest.approx(0.6)
     md = (tmp_path / "out" / "main.md").read_text()
     assert "| TI-rescaled | 0.200 [" in md and "| 0.561 | 0.292 |" in md  # display names; paper's TI beside ours
     tex = (tmp_path / "out" / "main.tex").read_text()
     assert "DTI & 0.500 & 0.600" in tex
-    assert pd.read_csv(tmp_path / "out" / "main.csv")["label"].tolist() == ["ti", "ti_rescaled", "dti"]
+    assert pd.read_csv(tmp_path / "out" / "main.csv")["label"].tolist() == ["ti", "ti_rescaled", "dti", "newer"]
 
 
 def test_ablation_table_puts_the_default_row_last(tmp_path):
