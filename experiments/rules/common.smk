@@ -26,11 +26,12 @@ if config["world"] == "dreambooth" and PROTOCOL == "dreambooth":
     config["data"]["prompt_set"], config["score"]["protocol"] = "dreambooth", "dreambooth"
     config["paper_numbers"] = None
 # Presets: named bundles of train settings and initializer sources (`--config preset=NAME`), merged under
-# the configuration's own. The first is the default; another's results get their own folder, so that
-# two protocols never share runs.
+# the configuration's own. A preset that changes something gets its own results folder, so that two
+# protocols never share runs; an empty one (the configuration as it stands) keeps the plain folder.
+# (Not "the first preset": YAML mappings reach us in no guaranteed order.)
 PRESETS = config.get("presets") or {}
 PRESET = config.get("preset") or next(iter(PRESETS), None)
-OUT = (f"{config['results_dir']}/{config['name']}" + (f"_{PRESET}" if PRESET != next(iter(PRESETS), None) else "")
+OUT = (f"{config['results_dir']}/{config['name']}" + (f"_{PRESET}" if PRESETS.get(PRESET) else "")
        + ("_dreambooth" if PROTOCOL == "dreambooth" else ""))
 DATA = config["data"]
 try:
