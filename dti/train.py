@@ -182,11 +182,12 @@ class Trainer:
                         else "no checkpoint was saved")
                 if not math.isfinite(loss):
                     raise DTIError(f"loss is {loss} at step {step}; training stopped, {kept}")
-                check_vectors(self.embeddings(), f"the learned vectors at step {step} (training stopped, {kept})")
+                after = self.embeddings()  # once: checked, then logged
+                check_vectors(after, f"the learned vectors at step {step} (training stopped, {kept})")
                 with torch.no_grad():
                     grads = [p.grad.detach().clone() for p in method.params]
                     updates = [(p - q) / self.lr for p, q in zip(method.params, params_before)]
-                log.write(step, loss, self.embeddings(), initial, init_rows, before, grads, updates, self.lr)
+                log.write(step, loss, after, initial, init_rows, before, grads, updates, self.lr)
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss:.4f}")
                 if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < cfg.steps:
