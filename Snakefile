@@ -5,9 +5,10 @@
 #   snakemake --report report.html                            every table and figure on one page
 from snakemake.utils import validate
 
-if not workflow.config_settings.configfiles:  # no --configfile: the mini world (--config still overrides)
-    configfile: "experiments/mini.yaml"
+if "model" not in config:  # no --configfile (every configuration names its model): the mini world
+    configfile: "experiments/mini.yaml"  # (--config still overrides its keys)
 validate(config, "experiments/schema/config.schema.yaml")
+report: "experiments/report/workflow.rst"
 
 include: "experiments/rules/common.smk"
 include: "experiments/rules/data.smk"
@@ -23,4 +24,6 @@ rule all:
         rules.main_table.output,
         rules.ablation_table.output if ABLATION["cells"] else [],
         ANALYSIS_OUTPUTS,
+        rules.job_costs.output,
+        rules.claims.output,
         REFERENCE_OUTPUTS,

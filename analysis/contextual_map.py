@@ -12,7 +12,8 @@ import matplotlib.pyplot as plt
 import pandas as pd
 import torch
 
-from analysis.common import METHOD_COLOURS, learned_vectors, load_text_encoders, save_figure, write_csv
+from analysis.common import learned_vectors, load_text_encoders, place_labels, save_figure, write_csv
+from analysis.labels import colour, marker, method_label, method_order
 from analysis.residual_stagnation import prompt_with_slots, word_tokens
 
 TEMPLATE = "a photo of a {}"
@@ -71,26 +72,40 @@ def contextual_map(encoders, runs: list[dict], template: str = TEMPLATE, words=W
     return pd.DataFrame(out, columns=["encoder", "label", "kind", "method", "pc1", "pc2"])
 
 
-def plot(df: pd.DataFrame, out_dir: Path):
+WORD_COLOURS = {"related": "tab:green", "unrelated": "0.45"}
+
+
+def plot(df: pd.DataFrame, out_dir: Path, labels: dict | None = None):
+    """``labels``: encoder name -> its name for readers."""
+    labels = labels or {}
     encoders = list(dict.fromkeys(df["encoder"]))
-    fig, axes = plt.subplots(1, len(encoders), figsize=(5.5 * len(encoders), 4.4), squeeze=False)
+    fig, axes = plt.subplots(1, len(encoders), figsize=(6 * len(encoders), 4.8), squeeze=False)
     for ax, enc in zip(axes[0], encoders):
         panel = df[df["encoder"] == enc]
-        for kind, colour in (("related", "tab:green"), ("unrelated", "0.5")):
+        for kind, shade in WORD_COLOURS.items():
             group = panel[panel["kind"] == kind]
-            ax.scatter(group["pc1"], group["pc2"], s=14, color=colour, label=f"{kind} words")
-            for r in group.itertuples():
-                ax.annotate(r.label, (r.pc1, r.pc2), fontsize=7, color=colour, xytext=(2, 2),
-                            textcoords="offset points")
-        for method, g in panel[panel["kind"] == "learned"].groupby("method"):
-            ax.scatter(g["pc1"], g["pc2"], s=60, marker="*", color=METHOD_COLOURS.get(method), label=method)
+            ax.scatter(group["pc1"], group["pc2"], s=14, color=shade, label=f"{kind} words")
+        learned = panel[panel["kind"] == "learned"]
+        for method in method_order(learned["method"]):  # hollow, so that tokens at one spot all show
+            g = learned[learned["method"] == method]
+            ax.scatter(g["pc1"], g["pc2"], s=70, marker=marker(method), facecolors="none", lw=1.4,
+                       edgecolors=colour(method), label=method_label(method), zorder=3)
         ax.set_xlabel("principal component 1 (of the words)")
         ax.set_ylabel("principal component 2")
-        ax.set_title(enc)
-        ax.legend(fontsize=7)
+        ax.set_title(labels.get(enc, enc))
+        ax.margins(0.12)
+    axes[0][-1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    fig.tight_layout()
+    for ax, enc in zip(axes[0], encoders):  # labels last: they are placed in the final layout
+        panel = df[df["encoder"] == enc]
+        shown = [WORD_COLOURS.get(k, colour(m)) for k, m in zip(panel["kind"], panel["method"])]
+        texts = [method_label(m) if k == "learned" else w for k, m, w in zip(panel["kind"], panel["method"],
+                                                                            panel["label"])]
+        place_labels(ax, panel["pc1"].to_numpy(), panel["pc2"].to_numpy(), texts, shown)
     save_figure(fig, out_dir, "contextual_map",
                 "Last-layer hidden states at the token's position in 'a photo of a ...' for related and unrelated "
                 "words and each method's learned token, projected on the words' first two principal components.")
+    return fig
 
 
 def main(argv=None):
@@ -104,9 +119,10 @@ def main(argv=None):
     parser.add_argument("--tables", required=True)
     args = parser.parse_args(argv)
     words = {"related": args.related, "unrelated": args.unrelated}
-    df = contextual_map(load_text_encoders(args.model), learned_vectors(args.runs), args.template, words)
+    encoders = load_text_encoders(args.model)
+    df = contextual_map(encoders, learned_vectors(args.runs), args.template, words)
     write_csv(df, Path(args.tables) / "contextual_map.csv")
-    plot(df, Path(args.figures))
+    plot(df, Path(args.figures), {e.name: e.label for e in encoders})
 
 
 if __name__ == "__main__":

@@ -7,9 +7,11 @@ norm for every t. TI concepts have free norms and are compared along the straigh
 ``dti.sample`` and scored against both concepts' references (image fidelity) and class nouns
 (text fidelity).
 
-Outputs: ``interpolation.csv`` (tidy: t, mode, template, seed, metric, against, value),
-``interpolation_grid`` (images, rows: template and seed, columns: t) and
-``interpolation_scores`` (mean score against t, per metric and concept).
+Outputs: ``interpolation.csv`` (tidy: t, mode, template, seed, metric, against, value, file),
+``interpolation_grid_<method>`` (the two concepts' reference images, then the images: rows: prompt
+and seed, columns: t) and ``interpolation_scores_<method>`` (mean score against t, per metric and
+concept), where ``<method>`` is the two runs' method (``dti``, ``ti``), so that the figures of two
+interpolations never share a name.
 """
 
 from __future__ import annotations
@@ -18,7 +20,6 @@ import argparse
 import json
 import math
 import sys
-import textwrap
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -27,6 +28,8 @@ import torch
 from PIL import Image
 
 from analysis.common import save_figure, write_csv
+from analysis.image_grid import image_grid
+from analysis.labels import method_label
 from dti.embeddings import read_run, run_method
 from dti.families import FAMILIES, placeholder_tokens
 from dti.io import DTIError, content_digest, write_json
@@ -150,6 +153,7 @@ def write_interpolated_runs(run_a, run_b, ts, out_dir, mode: str | None = None,
         FAMILIES[source_cfg["family"]].write_embedding_files(run_dir, placeholder, rows, meta)
         record = {**rec_a, "config": {**source_cfg, "placeholder": placeholder}, "tokens": tokens,
                   "method": "interpolation", "source_runs": sources, "t": t, "mode": mode, "status": "complete",
+                  "source_methods": [run_method(rec_a), run_method(rec_b)],
                   "final_norms": {e: r.norm(dim=1).tolist() for e, r in zip(rec_a["encoders"], rows)},
                   "vectors_sha256": content_digest(rows)}
         if mode == "slerp":  # per encoder: the m* the path keeps, or "blend" (linear blend of the two lengths)
@@ -163,6 +167,11 @@ def _reference_images(folder) -> list[Image.Image]:
     from dti.data import list_images, open_rgb
 
     return [open_rgb(path, "reference") for path in list_images(folder)]
+
+
+def path_methods(record: dict) -> list[str]:
+    """The methods of an interpolated run's two sources: one (``["dti"]``), or two when they differ."""
+    return list(dict.fromkeys(record["source_methods"]))
 
 
 def _check_templates(templates) -> list[str]:
@@ -208,6 +217,7 @@ def interpolation(run_a, run_b, ts, templates, seeds, class_noun_a: str, class_n
     record, _ = read_run(run_dirs[0])
     mode = record["mode"]
     family, model = record["config"]["family"], record["config"]["model"]
+    concepts = {"a": read_run(run_a)[0]["config"]["placeholder"], "b": read_run(run_b)[0]["config"]["placeholder"]}
 
     # One pipeline for every t. load_embeddings adds the concept's tokens to the tokenizer and
     # diffusers refuses a token it already has, so each t carries its own placeholder
@@ -215,13 +225,17 @@ def interpolation(run_a, run_b, ts, templates, seeds, class_noun_a: str, class_n
     # and unlike unloading tokens between points this works the same for SD, SDXL and SANA.
     pipe = None
     manifests = {}
-    for run_dir in run_dirs:
+    for k, run_dir in enumerate(run_dirs, 1):
         t_run, _ = read_run(run_dir)
-        pipe = pipe or FAMILIES[family].load_pipeline(model, *sample_cfg.placement())
+        if pipe is None:
+            pipe = FAMILIES[family].load_pipeline(model, *sample_cfg.placement())
+            pipe.set_progress_bar_config(disable=True)  # one plain line per point instead (below)
         # A rerun keeps a point's intact images only if its vectors, the model, the prompts and the
         # settings are those they were made from: dti.sample checks its own stamp (sample.json).
         manifests[t_run["t"]] = sample(run_dir, out_dir / "images" / run_dir.name, SUBJECT, nouns["a"], templates,
                                        seeds, "interpolation", sample_cfg, pipe=pipe)
+        print(f"interpolation ({mode}): t = {t_label(t_run['t'])} sampled ({k}/{len(run_dirs)} points, "
+              f"{len(templates) * len(seeds)} images each)", flush=True)
     del pipe
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
@@ -247,53 +261,71 @@ def interpolation(run_a, run_b, ts, templates, seeds, class_noun_a: str, class_n
     df = pd.DataFrame(rows).sort_values(["t", "template", "seed", "metric", "against"], kind="stable")
     df = df.reset_index(drop=True)
     write_csv(df, tables / "interpolation.csv")
-    plot_grid(df, templates, mode, figures, grid_rows)
-    plot_scores(df, mode, nouns, figures)
+    path = {"methods": path_methods(record), "mode": mode, "concepts": concepts, "nouns": nouns}
+    plot_grid(df, templates, path, figures, grid_rows, refs)
+    plot_scores(df, path, figures)
     return df
 
 
-def plot_grid(df: pd.DataFrame, templates: list[str], mode: str, out_dir: Path, max_rows: int = 12):
+PATHS = {"slerp": "slerp (great circle at a fixed norm)", "lerp": "lerp (straight line)"}
+
+
+def _path_name(path: dict) -> str:
+    """The figures' suffix: the method's id (``dti``, ``ti``), so that two interpolations never share a name."""
+    return "_".join(path["methods"])
+
+
+def _path_title(path: dict) -> str:
+    """``DTI, slerp (...): <a> (t = 0) → <b> (t = 1)``."""
+    who = " / ".join(method_label(m) for m in path["methods"])
+    a, b = path["concepts"]["a"], path["concepts"]["b"]
+    return f"{who}, {PATHS.get(path['mode'], path['mode'])}: {a} (t = 0) → {b} (t = 1)"
+
+
+def plot_grid(df: pd.DataFrame, templates: list[str], path: dict, out_dir: Path, max_rows: int = 12,
+              references: dict | None = None, n_references: int = 4):
+    """The two concepts' reference images on top, then one row per (prompt, seed) and one column per t.
+    ``path``: methods, mode, concepts (placeholders of a and b) and nouns, as ``interpolation`` passes it."""
     cells = df[["t", "template", "seed", "file"]].drop_duplicates(["t", "template", "seed"])
     ts = sorted(cells["t"].unique())
     keys = sorted(set(zip(cells["template"], cells["seed"])))
     shown = keys[:max_rows]
     files = {(r.t, r.template, r.seed): r.file for r in cells.itertuples()}
-    fig, axes = plt.subplots(len(shown), len(ts), figsize=(1.6 * len(ts) + 1.8, 1.6 * len(shown)), squeeze=False)
-    for i, (template, seed) in enumerate(shown):
-        for j, t in enumerate(ts):
-            ax = axes[i][j]
-            with Image.open(files[(t, template, seed)]) as im:
-                ax.imshow(im.convert("RGB"))
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if i == 0:
-                ax.set_title(f"t = {t_label(t)}", fontsize=9)
-            if j == 0:
-                label = textwrap.fill(templates[template].replace("{}", "S"), 22)
-                ax.set_ylabel(f"{label}\nseed {seed}", fontsize=7)
-    more = f" (first {len(shown)} of {len(keys)} template/seed rows)" if len(shown) < len(keys) else ""
-    save_figure(fig, out_dir, "interpolation_grid",
-                f"Images sampled along the {mode} path from concept a (t = 0) to concept b (t = 1), one row per "
-                f"prompt template and seed{more}, one column per interpolation point t.")
+    stem = path["concepts"]["a"].strip("<>")
+    # the prompt as sampled, with t for each point's own token (<a@0.25>, ...)
+    rows = [f"{templates[template].format(f'<{stem}@t>')} (seed {seed})" for template, seed in shown]
+    strips = [(f"concept {key} (t = {0 if key == 'a' else 1}): {path['concepts'][key]} ({path['nouns'][key]}), "
+               f"references", (references or {}).get(key, [])[:n_references]) for key in ("a", "b")]
+    fig = image_grid([[files[(t, template, seed)] for t in ts] for template, seed in shown], rows,
+                     [f"t = {t_label(t)}" for t in ts], _path_title(path), strips)
+    more = f" (first {len(shown)} of {len(keys)} prompt/seed rows)" if len(shown) < len(keys) else ""
+    save_figure(fig, out_dir, f"interpolation_grid_{_path_name(path)}",
+                f"{_path_title(path)}. Top: the two concepts' reference images. Below: images sampled at each "
+                f"interpolation point t (columns), one row per prompt and seed{more}; <{stem}@t> is the token at t.")
+    return fig
 
 
-def plot_scores(df: pd.DataFrame, mode: str, nouns: dict, out_dir: Path):
+def plot_scores(df: pd.DataFrame, path: dict, out_dir: Path):
     metrics = list(dict.fromkeys(df["metric"]))
     means = df.groupby(["metric", "against", "t"])["value"].mean().reset_index()
-    fig, axes = plt.subplots(1, len(metrics), figsize=(4.6 * len(metrics), 3.4), squeeze=False)
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4.6 * len(metrics), 3.6), squeeze=False)
     for ax, metric in zip(axes[0], metrics):
         for against, g in means[means["metric"] == metric].groupby("against"):
             ax.plot(g["t"], g["value"], marker="o", color=CONCEPT_COLOURS[against],
-                    label=f"against {against} ({nouns[against]})")
+                    label=f"against {against}: {path['concepts'][against]} ({path['nouns'][against]})")
+        ax.set_xticks(sorted(means["t"].unique()))
         ax.set_xlabel("interpolation point t (0: concept a, 1: concept b)")
-        ax.set_ylabel(f"mean {metric}")
+        ax.set_ylabel(f"mean {metric} ↑")
         ax.set_title(metric)
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    save_figure(fig, out_dir, "interpolation_scores",
-                f"Mean fidelity over images of the samples along the {mode} path against t, scored against each "
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=2, fontsize=8, frameon=False)  # below: no point hidden
+    fig.suptitle(_path_title(path), fontsize=9)
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
+    save_figure(fig, out_dir, f"interpolation_scores_{_path_name(path)}",
+                f"{_path_title(path)}: mean fidelity of the images sampled at each point t, scored against each "
                 f"concept's reference images (image metric) and class noun (text metric), one line per metric "
                 f"and concept.")
+    return fig
 
 
 def _read_templates(prompts: str, live: bool, prompts_file: str | None) -> list[str]:
@@ -334,6 +366,11 @@ def main(argv=None) -> int:
     parser.add_argument("--set", dest="assignments", action="append", default=[], metavar="KEY=VALUE",
                         help="sampling setting (as `python -m dti sample --set`), e.g. steps=30; repeatable")
     args = parser.parse_args(argv)
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    diffusers_logging.disable_progress_bar()  # loading bars write carriage returns into the job's log
+    transformers_logging.disable_progress_bar()
     try:
         interpolation(args.run_a, args.run_b, args.ts, _read_templates(args.prompts, args.live, args.prompts_file),
                       args.seeds, args.class_a, args.class_b, args.references_a, args.references_b, args.work,

@@ -20,7 +20,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from analysis.common import METHOD_COLOURS, learned_vectors, load_text_encoders, save_figure, write_csv
+from matplotlib.lines import Line2D
+
+from analysis.common import learned_vectors, load_text_encoders, save_figure, write_csv
+from analysis.labels import colour, method_label, method_order
 from dti.families import vocab_norm_stats
 
 SCALES = (0.5, 1, 2, 4, 8, 16)
@@ -126,37 +129,58 @@ def probe_model(model: str, run_dirs=(), scales=SCALES, seed: int = 0, encoders=
     return pd.DataFrame(rows, columns=COLUMNS).astype({"vector": "Int64"})
 
 
-def plot_probe(df: pd.DataFrame, out_dir: Path, name: str = "positional_probe"):
+NUDGE = 1.1  # learned tokens are spread sideways by method (x this factor per method) so that none hides another
+
+
+def _legend(methods: list[str]) -> list:
+    """Colour says the method, the marker how the token was fed: one entry each, all of them drawn."""
+    handles = [Line2D([], [], marker="o", color="0.2", label="vocabulary directions"),
+               Line2D([], [], ls=":", color="0.6", label="chance")]
+    handles += [Line2D([], [], ls="", marker="o", color=colour(m), label=method_label(m)) for m in methods]
+    handles += [Line2D([], [], ls="", marker="D", ms=5, color="0.3", label="learned token, as trained"),
+                Line2D([], [], ls="", marker="s", ms=9, mfc="none", mec="0.3", label="same direction at the mean norm")]
+    return handles
+
+
+def plot_probe(df: pd.DataFrame, out_dir: Path, name: str = "positional_probe", labels: dict | None = None):
+    """``labels``: encoder name -> its name for readers."""
+    labels = labels or {}
     encoders = list(dict.fromkeys(df["encoder"]))
-    fig, axes = plt.subplots(1, len(encoders), figsize=(4.6 * len(encoders), 3.6), squeeze=False)
+    fig, axes = plt.subplots(1, len(encoders), figsize=(5 * len(encoders), 3.8), squeeze=False)
+    drawn = None  # the last panel with data: the legend goes beside it
     for ax, enc in zip(axes[0], encoders):
         panel = df[df["encoder"] == enc]
-        ax.set_title(enc)
+        ax.set_title(labels.get(enc, enc))
         if (panel["condition"] == NOT_APPLICABLE).any():
             ax.text(0.5, 0.5, "not applicable:\nrotary positions,\nno additive position embedding",
                     ha="center", va="center", transform=ax.transAxes)
             ax.set_axis_off()
             continue
         vocab = panel[panel["condition"] == "vocabulary"]
-        ax.plot(vocab["scale"], vocab["accuracy"], "o-", color="0.2", label="vocabulary directions")
-        ax.axhline(vocab["chance"].iloc[0], color="0.6", ls=":", lw=1, label="chance")
+        ax.plot(vocab["scale"], vocab["accuracy"], "o-", color="0.2")
+        ax.axhline(vocab["chance"].iloc[0], color="0.6", ls=":", lw=1)
         learned = panel[panel["condition"].str.startswith("learned")]
-        for (method, condition), g in learned.groupby(["method", "condition"]):
-            trained = condition == "learned"
-            colour = METHOD_COLOURS.get(method)
-            ax.scatter(g["scale"], g["accuracy"], marker="D" if trained else "s", s=36, zorder=3,
-                       color=colour if trained else "none", edgecolors=colour,
-                       label=f"{method} ({'as trained' if trained else 'rescaled to mean'})")
+        methods = method_order(learned["method"])
+        for i, method in enumerate(methods):
+            nudge, c = NUDGE ** (i - (len(methods) - 1) / 2), colour(method)
+            for condition, style in (("learned_rescaled", dict(marker="s", s=80, facecolors="none", edgecolors=c)),
+                                     ("learned", dict(marker="D", s=26, color=c))):  # the small filled one on top
+                g = learned[(learned["method"] == method) & (learned["condition"] == condition)]
+                ax.scatter(g["scale"] * nudge, g["accuracy"], zorder=3, lw=1.3, **style)
         ax.set_xscale("log")
         ax.set_ylim(-0.03, 1.03)
         ax.set_xlabel("token norm / vocabulary mean norm")
         ax.set_ylabel("position-probe accuracy (all positions)")
-        ax.legend(fontsize=7)
+        drawn = (ax, methods)
+    if drawn:
+        drawn[0].legend(handles=_legend(drawn[1]), fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
     save_figure(fig, out_dir, name,
                 "Accuracy of an MLP probe reading the position from the first block's normalised input "
                 "LN1(e + p_pos), over all positions, against the token's norm relative to the vocabulary mean "
-                "(line: held-out vocabulary directions; markers: learned vectors as trained, filled, and rescaled "
-                "to the mean norm, hollow; dotted: chance).")
+                "(line: held-out vocabulary directions; filled diamonds: learned tokens as trained; hollow squares: "
+                "the same directions at the mean norm; colour: method, learned tokens nudged sideways by method so "
+                "that none hides another; dotted: chance).")
+    return fig
 
 
 def main(argv=None):
@@ -173,10 +197,11 @@ def main(argv=None):
     parser.add_argument("--hidden", type=int, default=256, help="width of the probe's hidden layer")
     parser.add_argument("--steps", type=int, default=300, help="full-batch Adam steps")
     args = parser.parse_args(argv)
-    df = probe_model(args.model, args.runs, args.scales, args.seed, n_train=args.train_rows, n_test=args.test_rows,
-                     hidden=args.hidden, steps=args.steps)
+    encoders = load_text_encoders(args.model)
+    df = probe_model(args.model, args.runs, args.scales, args.seed, encoders, n_train=args.train_rows,
+                     n_test=args.test_rows, hidden=args.hidden, steps=args.steps)
     write_csv(df, Path(args.tables) / "positional_probe.csv")
-    plot_probe(df, Path(args.figures))
+    plot_probe(df, Path(args.figures), labels={e.name: e.label for e in encoders})
 
 
 if __name__ == "__main__":

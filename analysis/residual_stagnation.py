@@ -25,7 +25,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from analysis.common import METHOD_COLOURS, learned_vectors, load_text_encoders, save_figure, write_csv
+from analysis.common import learned_vectors, load_text_encoders, save_figure, write_csv
+from analysis.labels import colour, marker, method_label, method_order
 from dti.families import vocab_norm_stats
 
 SCALES = (0.5, 1, 2, 4, 8, 16)
@@ -171,34 +172,43 @@ def stagnation_model(model: str, run_dirs=(), scales=SCALES, template: str = TEM
     return pd.DataFrame(rows, columns=COLUMNS).astype({"vector": "Int64"})
 
 
-def plot_stagnation(df: pd.DataFrame, out_dir: Path, name: str = "residual_stagnation"):
-    """Angle and bound at the last layer, per encoder."""
+def plot_stagnation(df: pd.DataFrame, out_dir: Path, name: str = "residual_stagnation", labels: dict | None = None):
+    """Angle and bound at the last layer, per encoder (``labels``: encoder name -> its name for readers).
+    The bound is drawn, and named in the legend, only where it applies (|x_0| > S_L); a panel where it
+    applies nowhere says so."""
+    labels = labels or {}
     last = df[df["layer"] == df.groupby("encoder")["layer"].transform("max")]
     encoders = list(dict.fromkeys(last["encoder"]))
-    fig, axes = plt.subplots(1, len(encoders), figsize=(4.6 * len(encoders), 3.6), squeeze=False)
+    fig, axes = plt.subplots(1, len(encoders), figsize=(4.8 * len(encoders), 3.8), squeeze=False)
     for ax, enc in zip(axes[0], encoders):
         panel = last[last["encoder"] == enc]
         sweep = panel[panel["condition"] == "sweep_initializer_direction"]
-        ax.plot(sweep["scale"], sweep["angle_deg"], "o-", color="0.2", label="measured angle")
-        ax.plot(sweep["scale"], sweep["bound_deg"], "--", color="0.5", label="bound arcsin(S_L/|x_0|)")
-        for method, g in panel[panel["condition"] == "learned"].groupby("method"):
-            colour = METHOD_COLOURS.get(method)
-            ax.scatter(g["scale"], g["angle_deg"], marker="D", s=36, color=colour, zorder=3, label=f"{method} angle")
-            if g["bound_deg"].isna().all():
-                continue
-            ax.scatter(g["scale"], g["bound_deg"], marker="v", s=36, facecolors="none", edgecolors=colour, zorder=3,
-                       label=f"{method} bound")
+        ax.plot(sweep["scale"], sweep["angle_deg"], "o-", color="0.2", label="measured angle (word direction)")
+        if sweep["bound_deg"].notna().any():
+            ax.plot(sweep["scale"], sweep["bound_deg"], "--", color="0.5", label="bound arcsin(S_L/|x_0|)")
+        learned = panel[panel["condition"] == "learned"]
+        for method in method_order(learned["method"]):
+            g = learned[learned["method"] == method]
+            ax.scatter(g["scale"], g["angle_deg"], marker=marker(method), s=45, color=colour(method), zorder=3,
+                       label=f"{method_label(method)} token")
+            if g["bound_deg"].notna().any():
+                ax.scatter(g["scale"], g["bound_deg"], marker="_", s=80, color=colour(method), zorder=3,
+                           label=f"{method_label(method)} token's bound")
+        if panel["bound_deg"].isna().all():
+            ax.text(0.03, 0.04, "bound not drawn: it applies only where |x_0| > S_L,\nwhich no norm shown here reaches",
+                    transform=ax.transAxes, fontsize=7, color="0.35")
         ax.set_xscale("log")
         ax.set_ylim(bottom=0)
         ax.set_xlabel("token norm / vocabulary mean norm")
         ax.set_ylabel("angle between x_L and x_0 (degrees)")
-        ax.set_title(f"{enc} (L = {int(panel['layer'].max())})")
-        ax.legend(fontsize=7)
+        ax.set_title(f"{labels.get(enc, enc)} (L = {int(panel['layer'].max())})")
+    axes[0][-1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))  # outside: no point hidden
     save_figure(fig, out_dir, name,
                 "Angle between the placeholder's hidden state after the last encoder layer and its input, against "
                 "the token's norm relative to the vocabulary mean (line: the initializer word's direction; markers: "
-                "learned vectors as trained), with the bound arcsin(S_L/|x_0|) from the summed norms S_L of the "
-                "sub-layer updates, drawn only where |x_0| > S_L.")
+                "learned tokens as trained), with the bound arcsin(S_L/|x_0|) from the summed norms S_L of the "
+                "sub-layer updates, drawn only where it applies (|x_0| > S_L).")
+    return fig
 
 
 def main(argv=None):
@@ -211,9 +221,10 @@ def main(argv=None):
     parser.add_argument("--initializer", default="dog", help="word whose embedding direction is swept over norms")
     parser.add_argument("--scales", type=float, nargs="+", default=list(SCALES))
     args = parser.parse_args(argv)
-    df = stagnation_model(args.model, args.runs, args.scales, args.template, args.initializer)
+    encoders = load_text_encoders(args.model)
+    df = stagnation_model(args.model, args.runs, args.scales, args.template, args.initializer, encoders)
     write_csv(df, Path(args.tables) / "residual_stagnation.csv")
-    plot_stagnation(df, Path(args.figures))
+    plot_stagnation(df, Path(args.figures), labels={e.name: e.label for e in encoders})
 
 
 if __name__ == "__main__":

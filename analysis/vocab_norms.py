@@ -10,7 +10,10 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from analysis.common import METHOD_COLOURS, learned_vectors, load_text_encoders, save_figure, write_csv
+from analysis.common import learned_vectors, load_text_encoders, save_figure, write_csv
+from analysis.labels import colour, marker, method_label, method_order
+
+HISTOGRAM_SHARE = 0.55  # of the panel's height; above it, one lane per method
 
 
 def vocab_norm_table(encoders) -> pd.DataFrame:
@@ -32,25 +35,43 @@ def learned_norm_table(runs: list[dict], stats: pd.DataFrame) -> pd.DataFrame:
 
 
 def plot(encoders, learned: pd.DataFrame, out_dir: Path):
-    fig, axes = plt.subplots(1, len(encoders), figsize=(5 * len(encoders), 3.6), squeeze=False)
+    """The histogram in the lower part of each panel; above it a lane per method with a tick and a marker
+    at each learned token's norm, so that methods at the same norm (DTI and TI-rescaled) both show."""
+    methods = method_order(learned["method"])
+    fig, axes = plt.subplots(1, len(encoders), figsize=(5.6 * len(encoders), 3.8), squeeze=False)
+    lane = (1 - HISTOGRAM_SHARE - 0.04) / max(len(methods), 1)
     for ax, enc in zip(axes[0], encoders):
         norms = enc.table.norm(dim=1).numpy()
         norms = norms[norms > 0]
         marks = learned[learned["encoder"] == enc.name]
         top = max(norms.max(), marks["norm"].max() if len(marks) else 0) * 1.5
         bins = np.geomspace(norms.min(), top, 80)
-        ax.hist(norms, bins=bins, color="0.6", label="vocabulary rows")
-        for style, (method, g) in zip(["-", "--", ":", "-."] * 4, marks.groupby("method")):
-            for i, n in enumerate(g["norm"]):  # styles differ so that methods at the same norm stay visible
-                ax.axvline(n, color=METHOD_COLOURS.get(method), ls=style, lw=1.4, label=method if i == 0 else None)
+        counts, _, _ = ax.hist(norms, bins=bins, color="0.6", label="vocabulary rows")
+        ax.set_ylim(0, counts.max() / HISTOGRAM_SHARE)
+        lanes = ax.get_xaxis_transform()  # x in data, y in axes fraction
+        for i, method in enumerate(reversed(methods)):  # the first method in the top lane
+            low = HISTOGRAM_SHARE + 0.04 + i * lane
+            g = marks[marks["method"] == method]
+            for n in g["norm"]:
+                ax.axvline(n, low, low + lane * 0.8, color=colour(method), lw=1.2)
+            ax.scatter(g["norm"], [low + lane * 0.4] * len(g), transform=lanes, marker=marker(method),
+                       s=40, color=colour(method), zorder=3, label=method_label(method))
+            ax.text(1.01, low + lane * 0.4, method_label(method), transform=ax.transAxes, va="center",
+                    fontsize=8, color=colour(method))
+        ax.axhline(counts.max() * 1.02, color="0.85", lw=0.6)
+        ax.axvline(norms.mean(), color="0.3", ls="--", lw=0.8, zorder=0)
+        ax.text(norms.mean(), counts.max() * 1.02, " vocabulary mean", fontsize=7, color="0.3", va="bottom")
         ax.set_xscale("log")
-        ax.set_xlabel("L2 norm of embedding row")
-        ax.set_ylabel("number of rows")
-        ax.set_title(enc.name)
-        ax.legend(fontsize=8)
+        ax.set_xlabel("L2 norm of embedding row (log scale)")
+        ax.set_ylabel("number of vocabulary rows")
+        ax.set_yticks([t for t in ax.get_yticks() if t <= counts.max()])
+        ax.set_title(enc.label)
+    fig.subplots_adjust(wspace=0.4)
     save_figure(fig, out_dir, "vocab_norms",
-                "Histogram of the text encoders' vocabulary embedding norms (log scale) with each method's "
-                "learned token norms marked as vertical lines.")
+                "Histogram of each text encoder's vocabulary embedding norms (log scale), with each method's "
+                "learned token norms marked in its own lane above it (one mark per run and vector); dashed: the "
+                "vocabulary's mean norm.")
+    return fig
 
 
 def main(argv=None):

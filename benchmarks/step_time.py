@@ -42,7 +42,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import gc
-import json
 import os
 import platform
 import sys
@@ -62,7 +61,10 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from benchmarks.accel_bench import Results, load_reference, rel_error, save_reference  # noqa: E402
+from dti import accel  # noqa: E402
 from dti.config import TrainConfig  # noqa: E402
+from dti.io import DTIError  # noqa: E402
 from dti.data import draw_batch, list_images  # noqa: E402
 from dti.families import FAMILIES  # noqa: E402
 from dti.train import Trainer, resolve_config  # noqa: E402
@@ -321,6 +323,8 @@ def measure(fns: dict, steps: int, warmup: int, block: int, cuda: bool) -> dict:
         out[name] = {"median_ms": med, "q1_ms": q1, "q3_ms": q3, "min_ms": min(ts) * 1e3,
                      "mean_ms": float(np.mean(ts)) * 1e3, "n": len(ts), "nonfinite_losses": losses_bad[name],
                      "times_ms": [round(t * 1e3, 3) for t in ts]}
+    if not {"ti", "dti"} <= set(fns):
+        return out
     paired = np.asarray([d / t for d, t in zip(rounds["dti"], rounds["ti"])])
     q1, med, q3 = quartiles(paired)
     # 95% bootstrap interval of the median paired ratio (fixed seed, 2000 resamples)
@@ -331,14 +335,45 @@ def measure(fns: dict, steps: int, warmup: int, block: int, cuda: bool) -> dict:
     return out
 
 
-def run_config(label: str, shapes: str, args, workdir: Path, device: torch.device, dtype: torch.dtype) -> dict:
+def first_step(trainer: Trainer, acfg, sync) -> dict:
+    """One DTI step, timed (with an accelerated variant: its compilation); its loss and gradient."""
+    sync()
+    t0 = time.perf_counter()
+    with accel.attention_context(acfg):
+        loss = trainer.step()
+    sync()
+    grad = torch.cat([p.grad.detach().float().flatten().cpu() for p in trainer.method.params])
+    return {"seconds": time.perf_counter() - t0, "loss": loss, "grad": grad}
+
+
+def compare_first_step(first: dict, spec: str, reference: str | None, dtype: torch.dtype) -> dict:
+    """The eager variant writes its first step to ``reference``; another one reports its distance to it."""
+    out = {"first_step_s": first["seconds"], "first_loss": first["loss"]}
+    if spec == "eager":
+        if reference:
+            save_reference(reference, {"grad": first["grad"]}, {"loss": first["loss"]})
+        return out
+    ref = load_reference(reference)
+    if ref is not None:
+        err = rel_error(first["grad"], ref[0]["grad"])
+        out.update(grad_rel_error=err, loss_abs_diff=abs(first["loss"] - ref[1]["loss"]),
+                   within_tolerance=err <= accel.TOLERANCE[dtype]["denoiser"])
+    return out
+
+
+def run_config(label: str, shapes: str, args, workdir: Path, device: torch.device, dtype: torch.dtype,
+               spec: str = "eager") -> dict:
     family_name, resolution, default_batch = (TINY if shapes == "tiny" else REAL)[label]
+    acfg = accel.parse_variant(spec)
     batch = args.batch_size or default_batch
     images = write_images(workdir / f"images_{resolution}", resolution, args.seed)
     t0 = time.perf_counter()
     if shapes == "tiny":
         from tests import tiny
-        model = str(getattr(tiny, f"build_{family_name}")(workdir / f"tiny_{family_name}"))
+        folder = workdir / f"tiny_{family_name}"  # built once, for every variant
+        if not (folder / "model_index.json").is_file():
+            getattr(tiny, f"build_{family_name}")(folder)
+        model = str(folder)
         cfgs = {m: make_cfg(m, family_name, model, images[0].parent, resolution, batch, args.grad_accum,
                             device.type, args.seed) for m in METHODS}
         families, sizes = {m: None for m in METHODS}, {}
@@ -355,19 +390,35 @@ def run_config(label: str, shapes: str, args, workdir: Path, device: torch.devic
     t0 = time.perf_counter()
     trainers = {m: Trainer(cfgs[m], images, family=families[m]) for m in METHODS}
     init_s = time.perf_counter() - t0
+    notes = []
+    for trainer in trainers.values():  # real shapes: one shared denoiser, changed once whatever the order
+        notes += accel.apply_to_pipeline(trainer.family.pipe, acfg, device, training=True)
+    notes = list(dict.fromkeys(notes))
     if not sizes:
         fam = trainers["ti"].family
         sizes = {"denoiser": n_params(getattr(fam.pipe, fam.denoiser_name)),
                  "text_encoders": sum(n_params(e) for e in fam.encoders)}
     floor, cond_shapes = floor_fn(trainers["ti"])
+    cuda = device.type == "cuda"
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    first = first_step(trainers["dti"], acfg, sync)
+
+    def in_context(fn):
+        def run():
+            with accel.attention_context(acfg):
+                return fn()
+        return run
+
     fns = {"ti": trainers["ti"].step, "dti": trainers["dti"].step, "floor": floor}
-    if device.type == "cuda":
+    fns = {name: in_context(fn) for name, fn in fns.items() if name in args.measure}
+    if cuda:
         torch.cuda.reset_peak_memory_stats()
-    result = measure(fns, args.steps, args.warmup, args.block, device.type == "cuda")
+    result = measure(fns, args.steps, args.warmup, args.block, cuda)
     cfg = cfgs["ti"]
     ppl = trainers["ti"].pixels_per_latent
     result.update({
-        "config": label, "shapes": shapes, "family": family_name, "batch_size": batch, "grad_accum": cfg.grad_accum,
+        "config": label, "variant": spec, "accel_notes": notes, "shapes": shapes, "family": family_name,
+        "batch_size": batch, "grad_accum": cfg.grad_accum,
         "resolution": resolution, "latent": [int(trainers["ti"].latents[0][0].shape[0]), resolution // ppl,
                                              resolution // ppl],
         "conditioning": cond_shapes, "params": sizes,
@@ -376,12 +427,14 @@ def run_config(label: str, shapes: str, args, workdir: Path, device: torch.devic
         "device": str(device), "frozen_dtype": str(dtype),
         "build_s": build_s, "trainer_init_s": init_s, "steps": args.steps, "warmup": args.warmup,
         "block": args.block,
+        **compare_first_step(first, spec, args.reference and args.reference.replace("{config}", label), dtype),
     })
-    if device.type == "cuda":
+    if cuda:
         result["peak_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
     del trainers, fns, floor, families
+    torch._dynamo.reset()  # compiled code holds the modules: free them for the next variant
     gc.collect()
-    if device.type == "cuda":
+    if cuda:
         torch.cuda.empty_cache()
     return result
 
@@ -409,31 +462,47 @@ def machine() -> dict:
     return info
 
 
+def ms(r: dict, name: str) -> str:
+    return f"{r[name]['median_ms']:.1f}" if name in r else "-"
+
+
 def print_table(results: list[dict]):
-    head = (f"{'config':<10} {'batch':>5} {'accum':>5} {'res':>5} {'latent':>10} {'TI ms':>9} {'DTI ms':>9} "
-            f"{'DTI/TI':>7} {'paired DTI/TI [IQR]':>22} {'floor ms':>9}")
+    w = max([7] + [len(r["variant"]) for r in results])
+    head = (f"{'config':<10} {'variant':<{w}} {'batch':>5} {'accum':>5} {'res':>5} {'latent':>10} {'TI ms':>9} "
+            f"{'DTI ms':>9} {'DTI/TI':>7} {'paired DTI/TI [IQR]':>22} {'floor ms':>9} {'1st step s':>10} "
+            f"{'grad err':>9}")
     print(head)
     print("-" * len(head))
     for r in results:
-        p = r["paired_ratio"]
+        p = r.get("paired_ratio")
         lat = "x".join(map(str, r["latent"]))
-        print(f"{r['config']:<10} {r['batch_size']:>5} {r['grad_accum']:>5} {r['resolution']:>5} {lat:>10} "
-              f"{r['ti']['median_ms']:>9.1f} {r['dti']['median_ms']:>9.1f} {r['ratio']:>7.3f} "
-              f"{p['median']:>7.3f} [{p['q1']:.3f}, {p['q3']:.3f}] {r['floor']['median_ms']:>9.1f}")
+        paired = f"{p['median']:>7.3f} [{p['q1']:.3f}, {p['q3']:.3f}]" if p else f"{'-':>22}"
+        ratio = f"{r['ratio']:>7.3f}" if "ratio" in r else f"{'-':>7}"
+        err = f"{r['grad_rel_error']:.1e}" if "grad_rel_error" in r else "-"
+        print(f"{r['config']:<10} {r['variant']:<{w}} {r['batch_size']:>5} {r['grad_accum']:>5} "
+              f"{r['resolution']:>5} {lat:>10} {ms(r, 'ti'):>9} {ms(r, 'dti'):>9} {ratio} {paired} "
+              f"{ms(r, 'floor'):>9} {r['first_step_s']:>10.1f} {err:>9}")
     print("\nmedian ms per step; IQR of the per-step times (ms):")
     for r in results:
-        print(f"  {r['config']:<10} " + "  ".join(
-            f"{m} [{r[m]['q1_ms']:.1f}, {r[m]['q3_ms']:.1f}]" for m in ("ti", "dti", "floor"))
+        print(f"  {r['config']:<10} {r['variant']:<{w}} " + "  ".join(
+            f"{m} [{r[m]['q1_ms']:.1f}, {r[m]['q3_ms']:.1f}]" for m in ("ti", "dti", "floor") if m in r)
             + f"   build {r['build_s']:.1f} s, trainer init {r['trainer_init_s']:.1f} s"
             + (f", peak {r['peak_memory_gib']:.1f} GiB" if "peak_memory_gib" in r else ""))
-    print("\nmedian paired DTI/TI with its 95% bootstrap interval (requirement: DTI <= 1.03 x TI):")
+        for note in r["accel_notes"]:
+            print(f"      {note}")
+    if any("paired_ratio" in r for r in results):
+        print("\nmedian paired DTI/TI with its 95% bootstrap interval (requirement: DTI <= 1.03 x TI):")
     for r in results:
-        lo, hi = r["paired_ratio"]["ci95"]
-        print(f"  {r['config']:<10} {r['paired_ratio']['median']:.3f}  [{lo:.3f}, {hi:.3f}]  "
-              f"over {r['paired_ratio']['rounds']} rounds")
-        bad = {m: r[m]["nonfinite_losses"] for m in ("ti", "dti", "floor") if r[m]["nonfinite_losses"]}
+        if "paired_ratio" in r:
+            lo, hi = r["paired_ratio"]["ci95"]
+            print(f"  {r['config']:<10} {r['paired_ratio']['median']:.3f}  [{lo:.3f}, {hi:.3f}]  "
+                  f"over {r['paired_ratio']['rounds']} rounds")
+        bad = {m: r[m]["nonfinite_losses"] for m in ("ti", "dti", "floor") if m in r and r[m]["nonfinite_losses"]}
         if bad:
             print(f"  warning: non-finite losses in {bad} (such a step skips the optimizer update)")
+        if r.get("within_tolerance") is False:
+            print(f"  warning: {r['config']} {r['variant']}: first-step gradient {r['grad_rel_error']:.1e} from "
+                  f"the eager one, beyond dti.accel.TOLERANCE")
 
 
 def parse_args(argv=None):
@@ -459,6 +528,17 @@ def parse_args(argv=None):
     parser.add_argument("--seed", type=int, default=0,
                         help="seed of the reference images and of the training draws (default 0)")
     parser.add_argument("--out", metavar="FILE.json", help="also write the results and the machine description as JSON")
+    parser.add_argument("--accel", action="append", metavar="SPEC",
+                        help="a variant of the dti.accel settings: eager, or comma-separated key=value "
+                             "(compile=default,channels_last=true,fuse_qkv=true,attention=cudnn,"
+                             "compile_text_encoders=true); repeat for several, measured one after another on "
+                             "freshly built models (default: eager)")
+    parser.add_argument("--measure", default="ti,dti,floor",
+                        help="comma-separated measurements among ti, dti, floor (default all three)")
+    parser.add_argument("--reference", metavar="FILE.safetensors",
+                        help="the eager variant writes its first DTI step's gradient here; any other variant, in "
+                             "this run or a later one, reports its relative error to it ({config} in the name: "
+                             "the configuration)")
     parser.add_argument("--param-count", action="store_true",
                         help="build the real-shape text encoders and denoisers on the meta device, print their "
                              "parameter counts and exit (needs no GPU and no memory)")
@@ -478,6 +558,15 @@ def parse_args(argv=None):
             if name not in labels:
                 labels.append(name)
     args.labels = labels
+    args.variants = args.accel or ["eager"]
+    for spec in args.variants:
+        try:
+            accel.parse_variant(spec)
+        except DTIError as exc:
+            parser.error(f"--accel {spec}: {exc}")
+    args.measure = [m.strip() for m in args.measure.split(",") if m.strip()]
+    if not args.measure or set(args.measure) - {"ti", "dti", "floor"}:
+        parser.error("--measure takes ti, dti and floor, comma-separated")
     for name in ("steps", "block", "grad_accum"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1")
@@ -508,19 +597,32 @@ def main(argv=None) -> int:
     print(f"shapes {args.shapes} on {device}, frozen modules {str(dtype).replace('torch.', '')}; "
           f"{args.steps} timed steps each of TI, DTI and floor after {args.warmup} warm-up, interleaved in blocks "
           f"of {args.block}; initializer {INITIALIZER!r}\n", flush=True)
-    results = []
+    # Written after each variant, so that a run stopped by a time limit keeps what it measured.
+    log = Results(args.out, {"machine": info, "command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:]),
+                             "args": {k: v for k, v in vars(args).items() if k not in ("labels", "variants")}})
+    failed = 0
     with tempfile.TemporaryDirectory(prefix="dti_step_time_") as tmp:
+        # without --reference, the eager variant's first step stays in the temporary folder for this run
+        args.reference = args.reference or str(Path(tmp) / "{config}_first_step.safetensors")
         for label in args.labels:
-            print(f"[{label}] building and timing ...", flush=True)
-            results.append(run_config(label, args.shapes, args, Path(tmp), device, dtype))
+            for spec in args.variants:
+                print(f"[{label}] [{spec}] building and timing ...", flush=True)
+                try:
+                    log.add(run_config(label, args.shapes, args, Path(tmp), device, dtype, spec))
+                except Exception as exc:  # noqa: BLE001 - one variant failing must not lose the others
+                    failed += 1
+                    print(f"[{label}] [{spec}] failed: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}",
+                          flush=True)
+                    log.add({"config": label, "variant": spec, "error": f"{type(exc).__name__}: {exc}"[:2000]})
+                    torch._dynamo.reset()
+                    gc.collect()
+                    if device.type == "cuda":
+                        torch.cuda.empty_cache()
     print()
-    print_table(results)
+    print_table([r for r in log.data["results"] if "error" not in r])
     if args.out:
-        out = {"machine": info, "command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:]),
-               "args": {k: v for k, v in vars(args).items() if k != "labels"}, "results": results}
-        Path(args.out).write_text(json.dumps(out, indent=1))
         print(f"\nwrote {args.out}")
-    return 0
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

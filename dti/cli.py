@@ -1,10 +1,14 @@
-"""Command line: ``python -m dti {train,rescale,data,sample,score,aggregate,tables}``."""
+"""Command line: python -m dti COMMAND (train, rescale, data, sample, generate, export, inspect, score,
+aggregate, tables, claims); python -m dti COMMAND --help for each."""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import sys
+import textwrap
+from importlib import metadata
+from typing import Callable, NamedTuple
 
 from .config import TrainConfig
 from .io import DTIError
@@ -12,107 +16,183 @@ from .methods import trained_methods
 from .sample import SampleConfig
 
 
-def _fields_help(cls) -> str:
-    lines = ["keys for --set (None: the family's or method's default):"]
-    for f in dataclasses.fields(cls):
-        lines.append(f"  {f.name} (default {f.default}): {f.metadata['help']}")
+def _plain(text: str) -> str:
+    """Help text for a terminal: the reST literal markup of the docstrings and field helps dropped."""
+    return text.replace("``", "").replace("`", "")
+
+
+def _version() -> str:
+    try:
+        return metadata.version("dti")
+    except metadata.PackageNotFoundError:
+        return "unknown (not installed)"
+
+
+def _epilog(parser: argparse.ArgumentParser, example: str, cls=None) -> str:
+    """A usage example and, for a command with --set, the keys it takes that no flag of its own sets."""
+    lines = ["example:", *(f"  {line}" for line in example.splitlines())]
+    if cls is not None:
+        flags = {a.dest: a.option_strings[0] for a in parser._actions if a.option_strings}
+        fields = dataclasses.fields(cls)
+        lines += ["", "keys for --set KEY=VALUE (a default of None is filled in by the model family's protocol or "
+                      "the method):"]
+        for f in fields:
+            if f.name not in flags:
+                lines += textwrap.wrap(f"{f.name} (default {f.default}): {_plain(f.metadata['help'])}", width=100,
+                                       initial_indent="  ", subsequent_indent="      ")
+        own = ", ".join(f"{f.name} ({flags[f.name]})" for f in fields if f.name in flags)
+        if own:
+            lines += textwrap.wrap(f"also keys, set by their own flags above: {own}", width=100, initial_indent="  ",
+                                   subsequent_indent="      ")
     return "\n".join(lines)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m dti", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
+def _prompt_sets_help() -> str:
+    from .data import BENCHMARK
+    from .io import read_json
 
-    train = sub.add_parser("train", help="learn a concept's embedding", epilog=_fields_help(TrainConfig),
-                           formatter_class=argparse.RawDescriptionHelpFormatter)
-    train.add_argument("--model", required=True, help="base pipeline: hub id or local diffusers directory")
-    train.add_argument("--method", required=True, choices=trained_methods(),
-                       help=", ".join(trained_methods()))
-    train.add_argument("--images", required=True, help="folder of the subject's reference images")
-    train.add_argument("--placeholder", required=True, help="new token for the subject, e.g. <sks>")
-    train.add_argument("--initializer", required=True, help="word(s) whose rows initialise the vectors")
-    train.add_argument("--steps", type=int, help="optimisation steps (default: the family's protocol)")
-    train.add_argument("--out", required=True, help="run directory to write")
-    train.add_argument("--seed", type=int, default=42, help="seed of every random draw (default 42)")
-    train.add_argument("--resume", action="store_true",
-                       help="continue the run in --out from its last checkpoint (from step 0 if its base model or "
-                            "photos changed since)")
-    train.add_argument("--set", dest="assignments", action="append", default=[], metavar="KEY=VALUE",
-                       help="override a configuration key (repeatable; keys listed below)")
+    names = sorted(k for k in read_json(BENCHMARK.joinpath("prompt_sets.json")) if not k.startswith("_"))
+    return (f"prompt set of --prompts-file: {', '.join(names)} in the default file (default dti_simple); mini in "
+            "the mini world's (experiments/mini/world/prompt_sets.json)")
 
-    rescale = sub.add_parser("rescale", help="TI-rescaled: scale a TI run's vectors to a vocabulary-norm statistic")
-    rescale.add_argument("--run", required=True, help="finished TI run directory")
-    rescale.add_argument("--stat", default="mean", help="mean, min, max or a number (default mean)")
-    rescale.add_argument("--out", required=True, help="directory to write the rescaled run to")
 
-    d = sub.add_parser("data", help="fetch and check a benchmark's images")
-    d.add_argument("dataset", choices=["dreambooth"], help="which benchmark")
-    d.add_argument("--out", required=True, help="folder to create (checked and left as is if it exists)")
-    d.add_argument("--from", dest="from_dir", help="an existing copy of the dataset/ folder (offline machines)")
-    d.add_argument("--masks", help="reference masks, <subject>/<image stem>.png, copied to OUT/masks")
-    d.add_argument("--subjects-file", help="subjects table (default: the DreamBooth benchmark's, in dti/resources)")
+def _protocols() -> list[str]:
+    from .metrics import PROTOCOLS  # loads the score plugins, which add theirs (the mini world's mini)
 
-    s = sub.add_parser("sample", help="generate a run's images for a prompt set", epilog=_fields_help(SampleConfig),
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
-    s.add_argument("--run", required=True, help="finished run directory (trained or rescaled)")
-    s.add_argument("--out", required=True, help="folder for the images and manifest.csv")
-    s.add_argument("--subject", required=True, help="subject name (looked up in the subjects table)")
-    s.add_argument("--prompts", default="dti_simple", help="prompt set: dti_simple (default) or dreambooth")
-    s.add_argument("--prompts-file", help="prompt sets JSON (default: dti/resources/dreambooth/prompt_sets.json)")
-    s.add_argument("--subjects-file", help="subjects table CSV (default: dti/resources/dreambooth/subjects.csv)")
-    s.add_argument("--class-column", default="dti_class", help="subjects-table column with the scoring class noun")
-    s.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3], help="seeds (default 0 1 2 3)")
-    s.add_argument("--set", dest="assignments", action="append", default=[], metavar="KEY=VALUE",
+    return sorted(PROTOCOLS)
+
+
+def _add_train(p):
+    p.add_argument("--model", required=True, help="base pipeline: hub id or local diffusers directory")
+    p.add_argument("--revision", help="hub id only: the model's branch, tag or commit (default: main)")
+    p.add_argument("--method", required=True, choices=trained_methods(), help=", ".join(trained_methods()))
+    p.add_argument("--images", required=True, help="folder of the subject's reference images")
+    p.add_argument("--placeholder", required=True, help="new token for the subject, e.g. <sks>")
+    p.add_argument("--initializer", required=True, help="word(s) whose rows initialise the vectors")
+    p.add_argument("--steps", type=int, help="optimisation steps (default: the family's protocol)")
+    p.add_argument("--out", required=True, help="run directory to write")
+    p.add_argument("--seed", type=int, default=42, help="seed of every random draw (default 42)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --out from its last checkpoint (from step 0 if its base model or "
+                        "photos changed since)")
+    p.add_argument("--set", dest="assignments", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a configuration key (repeatable; keys listed below)")
+
+
+def _add_rescale(p):
+    p.add_argument("--run", required=True, help="finished TI run directory")
+    p.add_argument("--stat", default="mean", help="mean, min, max or a number (default mean)")
+    p.add_argument("--out", required=True, help="directory to write the rescaled run to")
+
+
+def _add_data(p):
+    p.add_argument("dataset", choices=["dreambooth"], help="which benchmark: dreambooth")
+    p.add_argument("--out", required=True, help="folder to create (checked and left as is if it exists)")
+    p.add_argument("--from", dest="from_dir", help="an existing copy of the dataset/ folder (offline machines)")
+    p.add_argument("--masks", help="reference masks, <subject>/<image stem>.png, copied to OUT/masks")
+    p.add_argument("--subjects-file", help="subjects table (default: the DreamBooth benchmark's, in dti/resources)")
+
+
+def _add_sample(p):
+    p.add_argument("--run", required=True, help="finished run directory (trained or rescaled)")
+    p.add_argument("--out", required=True, help="folder for the images and manifest.csv")
+    p.add_argument("--subject", required=True, help="subject name (looked up in the subjects table)")
+    p.add_argument("--prompts", default="dti_simple", help=_prompt_sets_help())
+    p.add_argument("--prompts-file", help="prompt sets JSON (default: dti/resources/dreambooth/prompt_sets.json)")
+    p.add_argument("--subjects-file", help="subjects table CSV (default: dti/resources/dreambooth/subjects.csv)")
+    p.add_argument("--class-column", default="dti_class", help="subjects-table column with the scoring class noun")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3], help="seeds (default 0 1 2 3)")
+    p.add_argument("--set", dest="assignments", action="append", default=[], metavar="KEY=VALUE",
                    help="override a sampling setting (keys listed below)")
 
-    c = sub.add_parser("score", help="score generated images against the subject's references")
-    c.add_argument("--manifest", required=True, help="manifest.csv written by `dti sample`")
-    c.add_argument("--references", required=True, help="folder with one sub-folder of reference images per subject")
-    c.add_argument("--out", required=True, help="CSV of per-image scores to write")
-    c.add_argument("--protocol", default="paper",
-                   help="paper (DINOv2, SigLIP), dreambooth (DINO, CLIP-I, CLIP-T, SigLIP cosine) or a plugin's, "
-                        "such as mini (the mini world's evaluator CLIP and attribute read-out)")
-    c.add_argument("--metrics", help="comma-separated metric names instead of a protocol")
-    c.add_argument("--model-id", action="append", default=[], metavar="BACKBONE=ID",
+
+def _add_generate(p):
+    p.add_argument("prompt", help="the prompt, with {} where the concept goes")
+    p.add_argument("--run", required=True, help="finished run directory (trained or rescaled)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the first image; image i has seed + i (default 0)")
+    p.add_argument("--num-images", type=int, default=1, help="images to draw (default 1)")
+    p.add_argument("--out", default=".",
+                   help="a .png file (one image) or a folder for PROMPT_seedS.png (default: the current folder); "
+                        "each image gets a .json beside it")
+    p.add_argument("--steps", type=int, help="denoising steps (default: the family's protocol)")
+    p.add_argument("--guidance", dest="guidance_scale", type=float,
+                   help="classifier-free guidance scale (default: the family's protocol)")
+    p.add_argument("--device", default="auto", help="auto (cuda when present), cpu, cuda, cuda:1, ...")
+    p.add_argument("--set", dest="assignments", action="append", default=[], metavar="KEY=VALUE",
+                   help="override another sampling setting (keys listed below)")
+
+
+def _add_export(p):
+    from .export import FORMATS
+
+    p.add_argument("--run", required=True, help="finished SD or SDXL run directory (trained or rescaled)")
+    p.add_argument("--name", required=True,
+                   help="trigger word and file name (letters, digits, '.', '_', '-'); pick one that is not a word "
+                        "of the vocabulary")
+    p.add_argument("--format", default="a1111", choices=sorted(FORMATS),
+                   help="a1111: one TRIGGER.safetensors for AUTOMATIC1111 and ComfyUI (default); diffusers: the "
+                        "file(s) pipe.load_textual_inversion reads (SDXL: TRIGGER.safetensors, TRIGGER_2.safetensors)")
+    p.add_argument("--out", default=".", help="folder to write to (default: the current folder)")
+
+
+def _add_inspect(p):
+    p.add_argument("run", help="finished run directory (trained or rescaled)")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+
+
+def _add_score(p):
+    p.add_argument("--manifest", required=True, help="manifest.csv written by dti sample")
+    p.add_argument("--references", required=True, help="folder with one sub-folder of reference images per subject")
+    p.add_argument("--out", required=True, help="CSV of per-image scores to write")
+    p.add_argument("--protocol", default="paper", choices=_protocols(),
+                   help="paper (DINOv2, SigLIP; default), dreambooth (DINO, CLIP-I, CLIP-T, SigLIP cosine) or a "
+                        "plugin's, such as mini (the mini world's evaluator CLIP and attribute read-out)")
+    p.add_argument("--metrics", help="comma-separated metric names instead of a protocol")
+    p.add_argument("--model-id", action="append", default=[], metavar="BACKBONE=ID",
                    help="hub id or local path of a backbone (dinov2, dino, clip, siglip; the mini world's mini and "
                         "readout, which have no default); repeatable")
-    c.add_argument("--masks", help="reference masks, <subject>/<image stem>.png (default: unmasked)")
-    c.add_argument("--prompt-sets", help="attribute metrics: prompt_sets.json with each prompt's attributes")
-    c.add_argument("--subjects", help="attribute metrics: subjects.csv with each subject's class, colour, pattern")
-    c.add_argument("--device", default="auto", help="auto (cuda when present), cpu, cuda, ...")
-    c.add_argument("--batch-size", type=int, default=16, help="images per backbone batch")
+    p.add_argument("--masks", help="reference masks, <subject>/<image stem>.png (default: unmasked)")
+    p.add_argument("--prompt-sets", help="attribute metrics: prompt_sets.json with each prompt's attributes")
+    p.add_argument("--subjects", help="attribute metrics: subjects.csv with each subject's class, colour, pattern")
+    p.add_argument("--device", default="auto", help="auto (cuda when present), cpu, cuda, ...")
+    p.add_argument("--batch-size", type=int, default=16, help="images per backbone batch")
 
-    a = sub.add_parser("aggregate", help="per-subject and summary tables from per-image scores")
-    a.add_argument("--scores", nargs="+", required=True, help="CSV files written by `dti score`")
-    a.add_argument("--out", required=True, help="folder for per_subject.csv, summary.csv, summary.md")
-    a.add_argument("--subjects-file",
+
+def _add_aggregate(p):
+    p.add_argument("--scores", nargs="+", required=True, help="CSV files written by dti score")
+    p.add_argument("--out", required=True, help="folder for per_subject.csv, summary.csv, summary.md")
+    p.add_argument("--subjects-file",
                    help="subjects expected (a missing one makes the mean NaN); default: those present")
-    a.add_argument("--subject-names", nargs="+", help="subjects expected, by name (instead of --subjects-file)")
+    p.add_argument("--subject-names", nargs="+", help="subjects expected, by name (instead of --subjects-file)")
+    p.add_argument("--paired-against", metavar="METHOD",
+                   help="also paired.csv: METHOD minus each other method per metric, with BCa intervals over subjects")
 
-    tables = sub.add_parser("tables", help="the main or ablation table (CSV, Markdown, LaTeX) from summaries")
-    tables.add_argument("kind", choices=["main", "ablation"])
-    tables.add_argument("--summary", required=True,
-                        help="summary.csv of the main methods (for the ablation: its DTI row is the default cell)")
-    tables.add_argument("--cell", action="append", default=[], metavar="LABEL=SUMMARY",
-                        help="ablation: one cell's summary.csv")
-    tables.add_argument("--default-cell", default="rsgd, m*=mean, kappa=0.0001",
-                        help="ablation: label of the default DTI row")
-    tables.add_argument("--image-metric", required=True)
-    tables.add_argument("--text-metric", required=True)
-    tables.add_argument("--model-label", default="", help="main: the model's name in the table")
-    tables.add_argument("--paper",
-                        help="model key of the paper's reported numbers to print beside ours (sdxl, sana_1.6b, ...)")
-    tables.add_argument("--preset", help="the workflow preset the runs used (named in the tables; the Markdown "
-                                         "warns when the paper's numbers came from another)")
-    tables.add_argument("--out", required=True, help="folder for NAME.csv, NAME.md, NAME.tex")
-    return parser
+
+def _add_tables(p):
+    p.add_argument("kind", choices=["main", "ablation"], help="main or ablation")
+    p.add_argument("--summary", required=True,
+                   help="summary.csv of the main methods (for the ablation: its DTI row is the default cell)")
+    p.add_argument("--cell", action="append", default=[], metavar="LABEL=SUMMARY",
+                   help="ablation: one cell's summary.csv")
+    p.add_argument("--default-cell", help="ablation: label of the default DTI row (default: from --default-runs)")
+    p.add_argument("--default-runs", nargs="+", default=[], metavar="RUN",
+                   help="ablation: the DTI run folders behind the default row, whose recorded settings label it")
+    p.add_argument("--image-metric", required=True, help="metric of the image-fidelity column, e.g. dinov2")
+    p.add_argument("--text-metric", required=True, help="metric of the text-fidelity column, e.g. siglip")
+    p.add_argument("--model-label", default="", help="main: the model's name in the table")
+    p.add_argument("--paper",
+                   help="model key of the paper's reported numbers to print beside ours (sdxl, sana_1.6b, ...)")
+    p.add_argument("--preset", help="the workflow preset the runs used (named in the tables; the Markdown warns when "
+                                    "the paper's numbers came from another)")
+    p.add_argument("--out", required=True, help="folder for NAME.csv, NAME.md, NAME.tex")
 
 
 def _train(args):
     from .train import train
 
     cfg = TrainConfig(method=args.method, model=args.model, images=args.images, placeholder=args.placeholder,
-                      initializer=args.initializer, steps=args.steps, seed=args.seed).set(args.assignments)
+                      initializer=args.initializer, steps=args.steps, seed=args.seed,
+                      revision=args.revision).set(args.assignments)
     return train(cfg, args.out, resume=args.resume)
 
 
@@ -142,6 +222,25 @@ def _sample(args):
     templates = read_prompt_set(args.prompts, subject["live"], args.prompts_file)
     return sample(args.run, args.out, args.subject, subject[args.class_column], templates, args.seeds,
                   args.prompts, cfg)
+
+
+def _generate(args):
+    from .generate import generate
+
+    cfg = SampleConfig(steps=args.steps, guidance_scale=args.guidance_scale, device=args.device).set(args.assignments)
+    return "\n".join(str(f) for f in generate(args.run, args.prompt, args.out, args.seed, args.num_images, cfg))
+
+
+def _export(args):
+    from .export import export
+
+    return "\n".join(str(f) for f in export(args.run, args.name, args.format, args.out))
+
+
+def _inspect(args):
+    from .inspection import inspect_text
+
+    return inspect_text(args.run, args.json)
 
 
 def _score(args):
@@ -178,7 +277,7 @@ def _aggregate(args):
     subjects = [r["subject"] for r in read_subjects(args.subjects_file)] if args.subjects_file else None
     if args.subject_names:
         subjects = list(args.subject_names)
-    return write_tables(read_scores(args.scores), args.out, subjects)
+    return write_tables(read_scores(args.scores), args.out, subjects, paired_against=args.paired_against)
 
 
 def _tables(args):
@@ -194,13 +293,83 @@ def _tables(args):
         if not sep or not label:
             raise DTIError(f"--cell expects LABEL=SUMMARY, got {item!r}")
         cells[label] = path
+    if not args.default_cell and not args.default_runs:
+        raise DTIError("the ablation table needs --default-cell or --default-runs (the default DTI row's label)")
     tables.ablation_table(cells, args.summary, args.out, args.image_metric, args.text_metric, args.default_cell,
-                          args.paper, args.preset)
+                          args.paper, args.preset, default_runs=args.default_runs)
     return args.out
 
 
-COMMANDS = {"train": _train, "rescale": _rescale, "data": _data, "sample": _sample, "score": _score,
-            "aggregate": _aggregate, "tables": _tables}
+def _add_claims(p):
+    p.add_argument("--results", required=True, help="a configuration's results folder (its tables/ and ablation/)")
+    p.add_argument("--out", help="folder for claims.csv and claims.md (default: RESULTS/tables)")
+    p.add_argument("--paper", default="sdxl",
+                   help="model key of the paper's numbers to print beside each effect (default sdxl; empty: none)")
+    p.add_argument("--image-metric", help="image-fidelity metric (default: the protocol's, from the main scores)")
+    p.add_argument("--text-metric", help="text-fidelity metric (default: the protocol's, from the main scores)")
+
+
+def _claims(args):
+    from .claims import write_claims
+
+    return write_claims(args.results, args.out, args.paper or None, args.image_metric, args.text_metric)
+
+
+class Command(NamedTuple):
+    help: str
+    example: str
+    add: Callable  # adds the command's arguments to its parser
+    run: Callable  # the parsed arguments -> what to print
+    keys: type | None = None  # the dataclass whose fields --set takes
+    loads_models: bool = False  # only these import diffusers and transformers
+
+
+COMMANDS = {
+    "train": Command("learn a concept's embedding",
+                     "python -m dti train --model stabilityai/stable-diffusion-xl-base-1.0 --method dti \\\n"
+                     '    --images photos/dog --placeholder "<dog>" --initializer dog --out runs/dog_dti',
+                     _add_train, _train, TrainConfig, True),
+    "rescale": Command("TI-rescaled: scale a TI run's vectors to a vocabulary-norm statistic",
+                       "python -m dti rescale --run runs/dog_ti --stat mean --out runs/dog_ti_rescaled",
+                       _add_rescale, _rescale),
+    "data": Command("fetch and check a benchmark's images", "python -m dti data dreambooth --out data/dreambooth",
+                    _add_data, _data),
+    "sample": Command("generate a run's images for a prompt set",
+                      "python -m dti sample --run runs/dog_dti --subject dog --prompts dti_simple --out samples/dog",
+                      _add_sample, _sample, SampleConfig, True),
+    "generate": Command("draw a run's concept from one prompt of your own",
+                        'python -m dti generate --run runs/dog_dti "a photo of {} on the beach" --seed 7 --out b.png',
+                        _add_generate, _generate, SampleConfig, True),
+    "export": Command("write a run's concept for AUTOMATIC1111, ComfyUI or diffusers under a trigger word",
+                      "python -m dti export --run runs/dog_dti --name my_dog --out embeddings/\n"
+                      "(then, in AUTOMATIC1111 or ComfyUI: a photo of my_dog on the beach)", _add_export, _export),
+    "inspect": Command("a run's vectors: norm against the vocabulary's, nearest words, angle to the initializer",
+                       "python -m dti inspect runs/dog_dti --json", _add_inspect, _inspect, loads_models=True),
+    "score": Command("score generated images against the subject's references",
+                     "python -m dti score --manifest samples/dog_dti/manifest.csv --references data/dreambooth \\\n"
+                     "    --protocol paper --out scores/dog_dti.csv", _add_score, _score, loads_models=True),
+    "aggregate": Command("per-subject and summary tables from per-image scores",
+                         "python -m dti aggregate --scores scores/*.csv --out tables/ \\\n"
+                         "    --subjects-file dti/resources/dreambooth/subjects.csv", _add_aggregate, _aggregate),
+    "tables": Command("the main or ablation table (CSV, Markdown, LaTeX) from summaries",
+                      "python -m dti tables main --summary tables/summary.csv --image-metric dinov2 \\\n"
+                      "    --text-metric siglip --model-label SDXL --paper sdxl --out tables/", _add_tables, _tables),
+    "claims": Command("the claims table: each claim of the paper this run can test, its effect and a verdict",
+                      "python -m dti claims --results results/mini", _add_claims, _claims),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m dti", description=_plain(__doc__),
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, command in COMMANDS.items():
+        p = sub.add_parser(name, help=command.help, description=command.help[:1].upper() + command.help[1:] + ".",
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+        command.add(p)
+        p.epilog = _epilog(p, command.example, command.keys)  # after the flags: it names the keys they set
+    return parser
 
 
 def _quiet_loaders():
@@ -214,9 +383,11 @@ def _quiet_loaders():
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    _quiet_loaders()
+    command = COMMANDS[args.command]
+    if command.loads_models:
+        _quiet_loaders()
     try:
-        result = COMMANDS[args.command](args)
+        result = command.run(args)
     except DTIError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

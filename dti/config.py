@@ -10,21 +10,27 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
+from .accel import ACCEL_FIELDS, TrainAccel
 from .io import DTIError
+from .options import apply_assignments, option  # noqa: F401 (option: imported from here by other modules)
 
-
-def option(default, help: str):
-    """A dataclass field with its help text (listed by ``--help``)."""
-    return field(default=default, metadata={"help": help})
+# Fields that may stay None in a resolved configuration (None has a meaning of its own).
+MAY_STAY_UNSET = ("revision",)
+# Fields that only watch a run: changing them neither changes its vectors nor stops a resume.
+# The speed settings (dti.accel) count with them: results stay within dti.accel.TOLERANCE of the eager path.
+WATCHING = ("progress_every", "validation_every", "validation_prompts", "validation_seed", "validation_steps",
+            "tensorboard", *sorted(ACCEL_FIELDS))
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(TrainAccel):
     # what to learn
     method: str = option("dti", "Method: ti, crossinit or dti (TI-rescaled is made by `dti rescale`).")
     model: str = option("", "Base pipeline: a hub id or a local diffusers directory.")
+    revision: str | None = option(None, "A branch, tag or commit of a hub id `model` (default: the hub's default "
+                                        "branch); refused for a local folder. run.json records the resolved commit.")
     family: str | None = option(None, "Pipeline family: sd, sdxl or sana (read from model_index.json when unset).")
     images: str = option("", "Folder of the subject's reference images.")
     placeholder: str = option("", "New token that stands for the subject, e.g. <sks>.")
@@ -75,6 +81,18 @@ class TrainConfig:
     zero_pad: bool = option(False, "Prepend n = floor(min(Exponential(scale 2), 15)) zero-norm tokens to each "
                                    "training prompt (the authors' SANA DTI; off by default: every method alike).")
     checkpoint_every: int = option(100, "Save a resumable checkpoint every N steps (0: only at the end).")
+    # watching a run (none of these changes the learned vectors)
+    progress_every: int = option(25, "Without a terminal (a workflow's or batch job's log): a progress line every N "
+                                     "steps (0: none). A terminal or notebook gets a progress bar.")
+    validation_every: int = option(0, "At step 0, every N steps and at the last, one image per validation prompt "
+                                      "with the current vectors, in <run>/validation/ (0: none).")
+    validation_prompts: str = option("a photo of {}", "Validation prompt templates, separated by '|'; {} is where "
+                                                      "the placeholder goes.")
+    validation_seed: int = option(0, "Seed of the validation images (the same noise at every step).")
+    validation_steps: int | None = option(None, "Denoising steps of a validation image (the family's sampling "
+                                                "steps; guidance and size are the family's too).")
+    tensorboard: bool = option(False, "Log scalars and validation images to <run>/tensorboard/ (needs "
+                                      "`pip install -e '.[track]'`).")
 
     def resolved(self, *defaults: dict) -> "TrainConfig":
         """A copy with every ``None`` filled from ``defaults`` (the first that has the key), validated."""
@@ -89,7 +107,8 @@ class TrainConfig:
 
     def validate(self):
         """Every field set and in range (a resolved configuration)."""
-        unset = [f.name for f in dataclasses.fields(self) if getattr(self, f.name) is None]
+        unset = [f.name for f in dataclasses.fields(self)
+                 if getattr(self, f.name) is None and f.name not in MAY_STAY_UNSET]
         if unset:
             raise DTIError(f"no value for {', '.join(unset)}: set it, or resolve the family's and method's defaults")
         self.check()
@@ -97,15 +116,21 @@ class TrainConfig:
     def check(self):
         """The fields that are set are in range (``None``: a default comes later). Runs before any
         model loads, and in the workflow before any job starts."""
-        for name in ("steps", "batch_size", "grad_accum", "resolution", "max_sequence_length"):
+        for name in ("steps", "batch_size", "grad_accum", "resolution", "max_sequence_length", "validation_steps"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise DTIError(f"{name} must be >= 1, got {value}")
         check_seed(self.seed)
+        check_seed(self.validation_seed)
         if any(c.isspace() for c in self.placeholder):
             raise DTIError(f"placeholder {self.placeholder!r} must be one word (no spaces), e.g. <sks>")
-        if self.checkpoint_every < 0:
-            raise DTIError(f"checkpoint_every must be >= 0, got {self.checkpoint_every}")
+        for name in ("checkpoint_every", "progress_every", "validation_every"):
+            if getattr(self, name) < 0:
+                raise DTIError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.revision is not None and not self.revision.strip():
+            raise DTIError("revision is empty; leave it unset for the hub's default branch")
+        if self.validation_every:
+            validation_templates(self.validation_prompts)
         positive = {"lr": self.lr, "adam_eps": self.adam_eps, "adamw_lr": self.adamw_lr}
         at_least_zero = {"kappa": self.kappa, "weight_decay": self.weight_decay,
                          "crossinit_lambda": self.crossinit_lambda}
@@ -131,40 +156,25 @@ class TrainConfig:
         if self.image_order not in ("epochs", "replacement"):
             raise DTIError(f"image_order must be epochs or replacement, got {self.image_order!r}")
         parse_m_star(self.m_star)
+        self.check_accel()
 
     def set(self, assignments: list[str]) -> "TrainConfig":
         """Apply ``key=value`` strings, converting each value to the field's type."""
         return apply_assignments(self, assignments)
 
 
-def apply_assignments(obj, assignments: list[str]):
-    """A copy of dataclass ``obj`` with ``key=value`` strings applied; unknown keys are refused."""
-    fields = {f.name: f for f in dataclasses.fields(obj)}
-    values = dataclasses.asdict(obj)
-    for item in assignments:
-        key, sep, raw = item.partition("=")
-        key = key.strip()
-        if not sep:
-            raise DTIError(f"--set expects key=value, got {item!r}")
-        if key not in fields:
-            raise DTIError(f"unknown key {key!r} in --set; valid keys: {', '.join(sorted(fields))}")
-        values[key] = _convert(key, fields[key].type, raw.strip())
-    return type(obj)(**values)
-
-
-def _convert(key: str, type_name: str, raw: str):
-    try:
-        if type_name.startswith("bool"):
-            if raw.lower() not in ("true", "false", "1", "0", "yes", "no"):
-                raise ValueError(raw)
-            return raw.lower() in ("true", "1", "yes")
-        if type_name.startswith("int"):
-            return int(raw)
-        if type_name.startswith("float"):
-            return float(raw)
-    except ValueError:
-        raise DTIError(f"--set {key}={raw}: expected a value of type {type_name.split(' ')[0]}") from None
-    return raw
+def validation_templates(value: str) -> list[str]:
+    """The '|'-separated validation prompt templates, each with one ``{}`` for the placeholder."""
+    templates = [t.strip() for t in value.split("|")]
+    for t in templates:
+        try:
+            ok = t.count("{}") == 1 and bool(t.format("x"))
+        except (IndexError, KeyError, ValueError):
+            ok = False
+        if not ok:
+            raise DTIError(f"validation prompt {t!r} must hold one {{}} (where the placeholder goes) and no other "
+                           "braces")
+    return templates
 
 
 def check_seed(seed: int) -> int:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 
+from .config import parse_m_star
 from .families import ENCODER_FILES, FAMILIES
 from .io import DTIError, load_tensors, read_json, write_json
 from .methods import METHODS
@@ -20,6 +21,21 @@ from .runs import LOCK, RECORD, check_run_folder, check_vectors, folder_lock
 def run_method(record: dict) -> str:
     """A run's method: post-hoc and interpolated runs name theirs; trained runs carry it in their config."""
     return record.get("method") or record["config"]["method"]
+
+
+def fixed_norms(record: dict) -> list[float] | None:
+    """The norm each encoder's vectors are held at, as a number per encoder (DTI's m*, TI-rescaled's
+    target), or None for a method that leaves norms free. A DTI run that predates ``m_star_values``
+    resolves its statistic from the vocabulary norms it recorded."""
+    encoders = record["encoders"]
+    if "rescale_norms" in record:
+        return [float(record["rescale_norms"][e]) for e in encoders]
+    if record["config"]["method"] != "dti":
+        return None
+    if "m_star_values" in record:
+        return [float(m) for m in record["m_star_values"]]
+    m_star = parse_m_star(record["config"]["m_star"])
+    return [float(m_star) if isinstance(m_star, float) else record["vocab_norms"][e][m_star] for e in encoders]
 
 
 def read_run(run_dir: str | Path) -> tuple[dict, list[torch.Tensor]]:

@@ -9,6 +9,7 @@ the learned rows enter through a wrapper around each encoder's input embedding.
 from __future__ import annotations
 
 import inspect
+import re
 from pathlib import Path
 
 import torch
@@ -31,12 +32,41 @@ def register(cls):
     return cls
 
 
-def detect_family(model: str) -> str:
-    """Read the pipeline class from ``model_index.json`` (local directory or hub id)."""
-    from diffusers import DiffusionPipeline  # here, not at the top: light commands skip loading diffusers
+def check_revision(model: str, revision: str | None):
+    """A revision names a version of a hub repository; a local folder has only the one it holds."""
+    if revision is not None and Path(model).is_dir():
+        raise DTIError(f"revision {revision!r} was given, but {model} is a local folder (revisions are for hub ids)")
+
+
+def snapshot_commit(path: str | Path) -> str | None:
+    """The commit of a file fetched from the hub, read from its cache path ``.../snapshots/<commit>/...``."""
+    parts = Path(path).parts
+    for name, commit in zip(parts, parts[1:]):
+        if name == "snapshots" and re.fullmatch(r"[0-9a-f]{40}", commit):
+            return commit
+    return None
+
+
+def hub_commit(model: str, revision: str | None = None) -> str | None:
+    """The commit a hub id's ``revision`` (None: the default branch) resolves to, from the hub or, offline,
+    from the local cache; None for a local folder, or when neither knows it."""
+    if Path(model).is_dir():
+        return None
+    from huggingface_hub import hf_hub_download
 
     try:
-        index = DiffusionPipeline.load_config(model)
+        return snapshot_commit(hf_hub_download(model, "model_index.json", revision=revision))
+    except Exception:  # noqa: BLE001 - offline and not cached, unknown id, ...: the caller says so
+        return None
+
+
+def detect_family(model: str, revision: str | None = None) -> str:
+    """Read the pipeline class from ``model_index.json`` (local directory, or hub id at ``revision``)."""
+    from diffusers import DiffusionPipeline  # here, not at the top: light commands skip loading diffusers
+
+    check_revision(model, revision)
+    try:
+        index = DiffusionPipeline.load_config(model, revision=revision)
     except Exception as exc:  # noqa: BLE001 - the loaders raise many types; report one line
         raise DTIError(f"cannot read model_index.json of {model!r}: {one_line(exc)}") from None
     cls_name = index.get("_class_name", "")
@@ -162,12 +192,13 @@ class Family:
         pipe.vae.requires_grad_(False).eval()
 
     @classmethod
-    def load_pipeline(cls, model: str, device: torch.device, dtype: torch.dtype):
-        """The stock diffusers pipeline, on ``device`` in ``dtype``, progress bars off."""
+    def load_pipeline(cls, model: str, device: torch.device, dtype: torch.dtype, revision: str | None = None):
+        """The stock diffusers pipeline (a hub id at ``revision``), on ``device`` in ``dtype``, progress bars off."""
         from diffusers import DiffusionPipeline
 
+        check_revision(model, revision)
         try:
-            pipe = DiffusionPipeline.from_pretrained(model, dtype=dtype, **cls.pipeline_kwargs)
+            pipe = DiffusionPipeline.from_pretrained(model, dtype=dtype, revision=revision, **cls.pipeline_kwargs)
         except Exception as exc:  # noqa: BLE001 - the loaders raise many types; report one line
             raise DTIError(f"cannot load pipeline {model!r}: {one_line(exc)}") from None
         if type(pipe).__name__ not in cls.pipeline_classes:
@@ -176,9 +207,10 @@ class Family:
         return pipe.to(device)
 
     @classmethod
-    def load(cls, model: str, device: torch.device, dtype: torch.dtype, cfg=None) -> "Family":
+    def load(cls, model: str, device: torch.device, dtype: torch.dtype, cfg=None, revision: str | None = None
+             ) -> "Family":
         """The adapter around a freshly loaded pipeline, ready for training."""
-        return cls(cls.load_pipeline(model, device, dtype), device, dtype, cfg)
+        return cls(cls.load_pipeline(model, device, dtype, revision), device, dtype, cfg)
 
     # --- learned embeddings: files and stock pipelines --------------------------
     @classmethod

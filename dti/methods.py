@@ -41,6 +41,11 @@ def trained_methods() -> list[str]:
     return sorted(name for name, cls in METHODS.items() if not cls.post_hoc)
 
 
+def display_name(method: str) -> str:
+    """A method's name for readers (TI-rescaled, not ti_rescaled); an unknown id comes back as it is."""
+    return getattr(METHODS.get(method), "display_name", "") or method
+
+
 def method_class(name: str, trained: bool = True) -> type["Method"]:
     choices = trained_methods() if trained else sorted(METHODS)
     if name not in choices:
@@ -49,8 +54,9 @@ def method_class(name: str, trained: bool = True) -> type["Method"]:
 
 
 class Method:
-    """Base class of a method. A subclass sets ``name`` (its registry key) and ``defaults`` (the
-    configuration values it brings, e.g. its learning rate), and overrides what it changes:
+    """Base class of a method. A subclass sets ``name`` (its registry key), ``display_name`` (its name
+    in figures and tables) and ``defaults`` (the configuration values it brings, e.g. its learning
+    rate), and overrides what it changes:
 
     * ``initial_params()``: the starting ``[k, d]`` tensor per encoder (default: the initializer's rows);
     * ``embeddings()``: the rows fed to each encoder, differentiable in ``self.params``;
@@ -63,6 +69,7 @@ class Method:
     """
 
     name = ""
+    display_name = ""  # the name in figures and tables
     defaults: dict = {}
     post_hoc = False
     source_method: str | None = None
@@ -105,6 +112,7 @@ class TextualInversion(Method):
     """TI: the embedding rows themselves, initialised at the initializer's rows, AdamW."""
 
     name = "ti"
+    display_name = "TI"
     defaults = {"lr": 0.02}
 
 
@@ -113,6 +121,7 @@ class CrossInit(Method):
     """CrossInit: start from the encoder's output at the initializer tokens; MSE pull to it."""
 
     name = "crossinit"
+    display_name = "CrossInit"
     defaults = {"lr": 0.02}
 
     def initial_params(self):
@@ -129,6 +138,7 @@ class DirectionalTextualInversion(Method):
     """DTI: e = m* v with |v| = 1 fixed per encoder; only the direction v is learned."""
 
     name = "dti"
+    display_name = "DTI"
     defaults = {"lr": 0.04}
 
     def __init__(self, cfg, slots):
@@ -175,6 +185,7 @@ class TIRescaled(Method):
     statistic (``stat``: mean, min, max or a number). Post hoc: nothing is trained."""
 
     name = "ti_rescaled"
+    display_name = "TI-rescaled"
     post_hoc = True
     source_method = "ti"
 

@@ -23,7 +23,10 @@ import pandas as pd
 
 from .io import DTIError, one_line
 
-TABLES = ("main.csv", "ablation.csv", "final_norms.csv", "vocab_norms.csv", "positional_probe.csv")
+TABLES = ("main.csv", "ablation.csv", "final_norms.csv", "vocab_norms.csv", "positional_probe.csv", "claims.csv",
+          "main_scores/per_subject.csv", "main_scores/paired.csv")
+# What describes the machine that ran the jobs, not the results: never saved, never compared.
+MACHINE_SPECIFIC = ("job_costs",)
 TOLERANCE = 0.02
 
 
@@ -60,12 +63,12 @@ def save(results: Path, reference: Path):
     (reference / "figures").mkdir(parents=True, exist_ok=True)
     # Every table, the per-subject and per-metric summaries below tables/ too: a README may cite any.
     for path in sorted((results / "tables").rglob("*")):
-        if path.is_file() and path.suffix in (".csv", ".md", ".tex"):
+        if path.is_file() and path.suffix in (".csv", ".md", ".tex") and path.stem not in MACHINE_SPECIFIC:
             target = reference / "tables" / path.relative_to(results / "tables")
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy(path, target)
     for path in sorted((results / "figures").rglob("*")):
-        if path.is_file() and path.suffix in (".png", ".txt"):
+        if path.is_file() and path.suffix in (".png", ".txt") and path.name.split(".")[0] not in MACHINE_SPECIFIC:
             target = reference / "figures" / path.relative_to(results / "figures")
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy(path, target)

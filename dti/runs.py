@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from .config import TrainConfig
+from .config import WATCHING, TrainConfig
 from .families import ENCODER_FILES, SDXL_SINGLE_FILE
 from .io import DTIError, exclusive, load_tensors, read_json, save_tensors
 
@@ -67,7 +67,7 @@ def run_state(out_dir: Path, cfg: TrainConfig, resume: bool, inputs: dict) -> st
     if old.get("method") != cfg.method:
         raise DTIError(f"{out_dir} holds a {old.get('method')} run, not {cfg.method}; cannot resume it")
     new = dataclasses.asdict(cfg)
-    differ = sorted(k for k in new if k != "steps" and old.get(k) != new[k])
+    differ = sorted(k for k in new if k != "steps" and k not in WATCHING and old.get(k) != new[k])
     if differ:
         raise DTIError(f"cannot resume {out_dir}: configuration differs in {', '.join(differ)}")
     if record.get("inputs") != inputs:
@@ -80,6 +80,12 @@ def run_state(out_dir: Path, cfg: TrainConfig, resume: bool, inputs: dict) -> st
     if record.get("status") == "complete" and old.get("steps") == cfg.steps and outputs_present:
         return "complete"
     return "resume" if (out_dir / CHECKPOINT).exists() else "fresh"
+
+
+def model_revision(record: dict) -> str | None:
+    """The version of a run's hub base model to load: the commit its training resolved, else the revision
+    it was given (None: a local folder, or the hub's default branch)."""
+    return record.get("model_commit") or record.get("config", {}).get("revision")
 
 
 def save_checkpoint(path: Path, step: int, method, optimizer, gen: torch.Generator):
@@ -134,17 +140,19 @@ class StepLog:
         if new:
             self.writer.writeheader()
 
-    def write(self, step, loss, embeds, initial, init_rows, before=None, grads=None, updates=None, lr=float("nan")):
+    def write(self, step, loss, embeds, initial, init_rows, before=None, grads=None, updates=None,
+              lr=float("nan")) -> list[dict]:
         """One row per encoder and vector: norm, cosines to the initializer word and the initial
-        vector, the angle moved since ``before``, gradient and normalised update norms."""
+        vector, the angle moved since ``before``, gradient and normalised update norms. Returns the rows."""
         cos = torch.nn.functional.cosine_similarity
         nan = float("nan")
+        rows = []
         for enc, e in enumerate(embeds):
             cos_init_word = cos(e, init_rows[enc], dim=1)
             cos_initial = cos(e, initial[enc], dim=1)
             angle = torch.rad2deg(torch.arccos(cos(e, before[enc], dim=1).clamp(-1, 1))) if before else None
             for j in range(e.shape[0]):
-                self.writer.writerow({
+                rows.append({
                     "step": step, "encoder": enc, "vector": j, "loss": loss, "norm": e[j].norm().item(),
                     "cos_to_initializer": cos_init_word[j].item(), "cos_to_initial": cos_initial[j].item(),
                     "angle_deg": angle[j].item() if angle is not None else nan,
@@ -152,7 +160,9 @@ class StepLog:
                     "update_norm": updates[enc][j].norm().item() if updates else nan,
                     "lr": lr,
                 })
+        self.writer.writerows(rows)
         self.file.flush()
+        return rows
 
     def close(self):
         self.file.close()

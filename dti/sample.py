@@ -7,8 +7,10 @@ are browsable as ``<subject>/<NN>_<prompt>/seed<S>.png``; ``manifest.csv`` lists
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
+import logging
 import math
 import re
 import shutil
@@ -18,13 +20,14 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from .accel import ACCEL_FIELDS, SampleAccel, apply_to_pipeline, attention_context, auto_sample_batch
 from .config import apply_assignments, check_seed, option
-from .devices import frozen_dtype, resolve_device
+from .devices import Progress, frozen_dtype, resolve_device
 from .embeddings import load_embeddings, read_run, run_method
 from .families import check_words_kept, family_class
 from .io import (DTIError, atomic_path, check_name, content_digest, model_stamp, package_versions, read_json,
                  write_json)
-from .runs import folder_lock
+from .runs import folder_lock, model_revision
 
 MANIFEST_FIELDS = ["run", "method", "family", "base_model", "subject", "class_noun", "prompt_set", "prompt_index",
                    "prompt", "scoring_text", "seed", "file", "height", "width", "steps", "guidance_scale",
@@ -32,7 +35,7 @@ MANIFEST_FIELDS = ["run", "method", "family", "base_model", "subject", "class_no
 
 
 @dataclass
-class SampleConfig:
+class SampleConfig(SampleAccel):
     height: int | None = option(None, "Image height (SD: the pipeline's default size; SDXL, SANA 1024).")
     width: int | None = option(None, "Image width (as height).")
     steps: int | None = option(None, "Denoising steps (SD, SDXL 50; SANA 20).")
@@ -63,11 +66,50 @@ class SampleConfig:
             raise DTIError(f"guidance_scale must be a finite number >= 0, got {self.guidance_scale}")
         if self.mixed_precision not in ("bf16", "fp16", "no"):
             raise DTIError(f"mixed_precision must be bf16, fp16 or no, got {self.mixed_precision!r}")
+        self.check_accel()
 
     def placement(self) -> tuple[torch.device, torch.dtype]:
         """The device and the pipeline's dtype there."""
         device = resolve_device(self.device)
         return device, frozen_dtype(device, self.mixed_precision)
+
+
+def pipeline_call(family, pipe, cfg: SampleConfig) -> tuple[dict, dict]:
+    """The settings of a sampling (the family's protocol defaults under those ``cfg`` sets) and the
+    arguments of the pipeline call they make."""
+    settings = {**family.sample_defaults, **{k: v for k, v in dataclasses.asdict(cfg).items() if v is not None}}
+    for side in ("height", "width"):  # SD-style: the pipeline's own size for a side not given
+        if settings.get(side) is None:
+            settings[side] = family.default_image_size(pipe)
+    for side in ("height", "width"):
+        if settings[side] % pipe.vae_scale_factor:
+            raise DTIError(f"sampling {side} {settings[side]} is not a multiple of the VAE's "
+                           f"{pipe.vae_scale_factor} pixels per latent")
+    call = {"height": settings["height"], "width": settings["width"], "num_inference_steps": settings["steps"],
+            "guidance_scale": settings["guidance_scale"], "output_type": "pil", **family.sample_kwargs(settings)}
+    return settings, call
+
+
+def make_images(pipe, prompts: list[str], seeds: list[int], call: dict) -> list[Image.Image]:
+    """One image per (prompt, seed) in one pipeline call, each from its own seeded generator."""
+    generators = [torch.Generator().manual_seed(s) for s in seeds]
+    return pipe(prompt=list(prompts), generator=generators, **call).images
+
+
+def _not_new_embedding_noise(record: logging.LogRecord) -> bool:
+    return not record.getMessage().startswith("The new embeddings will be initialized")
+
+
+@contextlib.contextmanager
+def quiet_new_embeddings():
+    """Silence transformers' warning that the rows added for a concept's tokens are drawn from a normal
+    distribution (resizing the embedding table draws them): the concept's vectors overwrite them at once."""
+    logger = logging.getLogger("transformers.modeling_utils")
+    logger.addFilter(_not_new_embedding_noise)
+    try:
+        yield
+    finally:
+        logger.removeFilter(_not_new_embedding_noise)
 
 
 def _stamped_inputs(stamp: Path):
@@ -107,6 +149,7 @@ def sample(run_dir: str | Path, out_dir: str | Path, subject: str, class_noun: s
         raise DTIError(f"seeds {list(seeds)} repeat a seed; each image is (prompt, seed)")
     for seed in seeds:
         check_seed(seed)
+    cfg.check_accel(cfg.placement()[0])  # usable on this device, before anything loads
     record, vectors = read_run(run_dir)
     family, model = family_class(record["config"]["family"]), record["config"]["model"]
     out_dir = Path(out_dir)
@@ -119,27 +162,26 @@ def sample(run_dir: str | Path, out_dir: str | Path, subject: str, class_noun: s
 
 def _sample_locked(run_dir, out_dir: Path, subject: str, class_noun: str, templates: list[str], seeds: list[int],
                    prompt_set: str, cfg: SampleConfig, pipe, record: dict, vectors, family, model: str) -> Path:
-    pipe = pipe or family.load_pipeline(model, *cfg.placement())
-    concept = load_embeddings(pipe, run_dir)
+    revision = model_revision(record)
+    pipe = pipe or family.load_pipeline(model, *cfg.placement(), revision)
+    pipe.set_progress_bar_config(disable=True)  # the progress below counts images; a bar per call is noise
+    with quiet_new_embeddings():
+        concept = load_embeddings(pipe, run_dir)
     for tok_name in family.tokenizer_names:  # the prompts must read as written with the concept added
         tokenizer = getattr(pipe, tok_name)
         check_words_kept(tokenizer, tokenizer.convert_tokens_to_ids(concept.tokens), concept.placeholder,
                          [t.format(class_noun) for t in templates])
-    settings = {**family.sample_defaults, **{k: v for k, v in dataclasses.asdict(cfg).items() if v is not None}}
-    for side in ("height", "width"):  # SD-style: the pipeline's own size for a side not given
-        if settings.get(side) is None:
-            settings[side] = family.default_image_size(pipe)
-    for side in ("height", "width"):
-        if settings[side] % pipe.vae_scale_factor:
-            raise DTIError(f"sampling {side} {settings[side]} is not a multiple of the VAE's "
-                           f"{pipe.vae_scale_factor} pixels per latent")
+    device = cfg.placement()[0]
+    apply_to_pipeline(pipe, cfg, device)  # the speed settings (dti.accel); none by default
+    settings, call = pipeline_call(family, pipe, cfg)
     size = (settings["width"], settings["height"])
-    call = {"height": settings["height"], "width": settings["width"], "num_inference_steps": settings["steps"],
-            "guidance_scale": settings["guidance_scale"], "output_type": "pil", **family.sample_kwargs(settings)}
     method = run_method(record)
     # Images already here are kept (resume) only if they were made from these same inputs.
     inputs = {"model": model_stamp(model), "vectors": content_digest(vectors), "class_noun": class_noun,
-              "templates": list(templates), "settings": {k: v for k, v in settings.items() if k != "batch_size"}}
+              "templates": list(templates),  # how many images a call makes, and how fast, changes no image
+              "settings": {k: v for k, v in settings.items() if k != "batch_size" and k not in ACCEL_FIELDS}}
+    if revision is not None:  # a hub id pinned at training: its images are of that commit
+        inputs["revision"] = revision
     stamp = out_dir / "sample.json"
     if _stamped_inputs(stamp) != inputs:
         shutil.rmtree(out_dir / subject, ignore_errors=True)  # a plain name (checked): inside out_dir
@@ -163,14 +205,22 @@ def _sample_locked(run_dir, out_dir: Path, subject: str, class_noun: str, templa
                 "scheduler": type(pipe.scheduler).__name__,
                 "complex_human_instruction": settings["complex_human_instruction"] if family.instruction_prefix else "",
             })
-    for start in range(0, len(todo), cfg.batch_size):
-        batch = todo[start:start + cfg.batch_size]
-        generators = [torch.Generator().manual_seed(s) for _, s, _ in batch]
-        images = pipe(prompt=[p for p, _, _ in batch], generator=generators, **call).images
-        for (_, _, file), image in zip(batch, images):
-            file.parent.mkdir(parents=True, exist_ok=True)
-            with atomic_path(file) as tmp:
-                image.save(tmp, format="PNG")
+    batch_size = cfg.batch_size
+    if cfg.sample_batch == "auto" and todo:
+        batch_size = auto_sample_batch(pipe, call, device, len(todo), cfg, fallback=cfg.batch_size)
+    progress = Progress(len(todo), desc=f"sample {subject}", unit="image")
+    try:
+        with attention_context(cfg):
+            for start in range(0, len(todo), batch_size):
+                batch = todo[start:start + batch_size]
+                images = make_images(pipe, [p for p, _, _ in batch], [s for _, s, _ in batch], call)
+                for (_, _, file), image in zip(batch, images):
+                    file.parent.mkdir(parents=True, exist_ok=True)
+                    with atomic_path(file) as tmp:
+                        image.save(tmp, format="PNG")
+                progress.update(len(batch))
+    finally:
+        progress.close()
     manifest = out_dir / "manifest.csv"
     with atomic_path(manifest) as tmp:
         with tmp.open("w", newline="") as f:

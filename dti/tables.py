@@ -7,20 +7,28 @@ With ``paper`` (a model key of ``dti/resources/paper_numbers.json``) the paper's
 numbers stand beside ours in every format, with whether each lies inside our 95% interval. With
 ``preset`` (the workflow's preset) the Markdown table warns when the paper's numbers came from
 another preset. The Markdown table says whether our image scores used masked references.
+
+CSV is for programs: method and cell ids, plain numbers. Markdown and LaTeX are for readers:
+display names (TI-rescaled; an ablation cell by how it differs from the default, e.g. "kappa = 0"),
+an arrow on every metric (all of them are higher-is-better) and each column's best value in bold.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from importlib import resources
 from pathlib import Path
 
 import pandas as pd
 
-from .io import DTIError, atomic_path
+from .io import DTIError, atomic_path, read_json
+from .methods import display_name
 
 METHOD_ORDER = ["ti", "ti_rescaled", "crossinit", "dti"]
-METHOD_NAMES = {"ti": "TI", "ti_rescaled": "TI-rescaled", "crossinit": "CrossInit", "dti": "DTI"}
+OPTIMIZER_NAMES = {"rsgd": "RSGD", "adamw": "AdamW"}
+CELL = re.compile(r"^(?P<optimizer>[^,]+), m\*=(?P<m_star>[^,]+), kappa=(?P<kappa>[^,]+)$")  # cell_label's form
+ARROW = {"md": "↑", "tex": r"$\uparrow$"}  # every image/text similarity and accuracy metric: higher is better
 
 
 def _paper_data() -> dict:
@@ -42,7 +50,60 @@ def paper_preset(model: str | None) -> str | None:
 
 
 def cell_label(direction_optimizer: str, m_star, kappa) -> str:
+    """An ablation cell's id (the CSV's ``label``, the paper numbers' key)."""
     return f"{direction_optimizer}, m*={m_star}, kappa={float(kappa)}"
+
+
+def _number(text: str) -> str:
+    """A setting as people write it: 0.0001 -> 1e-4, 5.0 -> 5; words (mean, min) as they are."""
+    try:
+        x = float(text)
+    except ValueError:
+        return text
+    if x == 0 or 1e-2 <= abs(x) < 1e4:
+        return f"{x:g}"
+    mantissa, exponent = f"{x:.2e}".split("e")
+    return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
+
+
+def _cell_settings(label: str) -> dict | None:
+    match = CELL.match(label)
+    if match is None:
+        return None
+    p = match.groupdict()
+    return {"optimizer": OPTIMIZER_NAMES.get(p["optimizer"], p["optimizer"]), "m_star": f"m* = {_number(p['m_star'])}",
+            "kappa": f"kappa = {_number(p['kappa'])}"}
+
+
+def cell_display(label: str, default: str) -> str:
+    """An ablation cell for readers: what it changes from the default ("kappa = 0", "AdamW"), or the
+    default row marked with its settings; a label not in cell_label's form stays as it is."""
+    shown, base = _cell_settings(label), _cell_settings(default)
+    if shown is None:
+        return label
+    if label == default:
+        return f"DTI (default: {', '.join(shown.values())})"
+    if base is None:
+        return ", ".join(shown.values())
+    return ", ".join(v for key, v in shown.items() if v != base[key]) or label
+
+
+def default_cell_label(run_dirs) -> str:
+    """The default ablation row's label, read from the DTI runs behind it (the settings they recorded)."""
+    from .embeddings import run_method
+
+    labels = {}
+    for run in run_dirs:
+        record = read_json(Path(run) / "run.json")
+        if run_method(record) != "dti":
+            raise DTIError(f"{run} is a {run_method(record)!r} run; the default ablation row comes from DTI runs")
+        cfg = record["config"]
+        labels.setdefault(cell_label(cfg["direction_optimizer"], cfg["m_star"], cfg["kappa"]), run)
+    if not labels:
+        raise DTIError("no DTI runs given to read the default ablation cell from")
+    if len(labels) > 1:
+        raise DTIError(f"the default DTI runs differ in settings: {'; '.join(f'{k} ({v})' for k, v in labels.items())}")
+    return next(iter(labels))
 
 
 def _read_summary(path) -> pd.DataFrame:
@@ -65,7 +126,9 @@ def fidelity_rows(summary: pd.DataFrame, image_metric: str, text_metric: str, la
                 raise DTIError(f"{metric!r} scores of {label!r} mix reference kinds "
                                f"({', '.join(map(str, hit.get('references', [])))})")
             r = hit.iloc[0]
-            row.update({f"{axis}_mean": r["mean"], f"{axis}_ci_low": r["ci_low"], f"{axis}_ci_high": r["ci_high"]})
+            row.update({f"{axis}_mean": r["mean"], f"{axis}_ci_low": r["ci_low"], f"{axis}_ci_high": r["ci_high"],
+                        # why an interval is missing (dti.stats: fewer than 5 subjects, a missing subject, ...)
+                        f"{axis}_note": r["note"] if "note" in r and pd.notna(r["note"]) else ""})
             row["subjects"] = f"{int(r['n_subjects'])}/{int(r['n_expected_subjects'])}"
             if axis == "image":  # empty: scores from before `dti score` recorded it
                 refs = r["references"] if "references" in r and pd.notna(r["references"]) else ""
@@ -109,19 +172,49 @@ def _yes_no(value) -> str:
 
 
 def _latex(text: str) -> str:
-    return (text.replace("_", r"\_").replace("m*", r"$m^*$").replace("kappa", r"$\kappa$"))
+    return (text.replace("_", r"\_").replace("m*", r"$m^*$").replace("kappa", r"$\kappa$").replace("<", "$<$"))
 
 
-def _fmt(mean, low, high) -> str:
-    return "n/a" if pd.isna(mean) else f"{mean:.3f} [{low:.3f}, {high:.3f}]"
+def _best(values) -> list[bool]:
+    """Which entries hold the column's best (highest) value as shown (3 decimals); none in a one-row column."""
+    shown = [None if v is None or pd.isna(v) else round(float(v), 3) for v in values]
+    top = max((v for v in shown if v is not None), default=None)
+    return [len(shown) > 1 and v is not None and v == top for v in shown]
+
+
+def _value(value, bold: bool, fmt: str) -> str:
+    text = f"{value:.3f}"
+    if bold:
+        text = f"**{text}**" if fmt == "md" else f"\\textbf{{{text}}}"
+    return text
+
+
+def _fmt(mean, low, high, bold: bool = False, fmt: str = "md", note: str = "") -> str:
+    """Mean with its interval: ``0.512 [0.401, 0.620]`` (TeX: the interval smaller); without an interval,
+    the mean and why there is none (``note``, e.g. "n too small for an interval: n=3 < 5")."""
+    if pd.isna(mean):
+        return "n/a"
+    text = _value(mean, bold, fmt)
+    if pd.isna(low) or pd.isna(high):
+        if not note:
+            return text
+        return f"{text} ({note})" if fmt == "md" else f"{text} {{\\scriptsize ({_latex(note)})}}"
+    interval = f"[{low:.3f}, {high:.3f}]"
+    return f"{text} {interval}" if fmt == "md" else f"{text} {{\\scriptsize {interval}}}"
+
+
+def _paper_value(value, bold: bool, fmt: str) -> str:
+    if value is None or pd.isna(value):
+        return "" if fmt == "md" else "--"
+    return _value(value, bold, fmt)
 
 
 def write(table: pd.DataFrame, out_dir, name: str, title: str, image_metric: str, text_metric: str,
           paper: dict | None = None, names: dict | None = None, preset: str | None = None,
           paper_from: str | None = None):
     """``name``.csv (tidy numbers), ``name``.md and ``name``.tex, with the paper's numbers when given
-    (``table`` then has with_paper's columns). ``preset``: ours; ``paper_from``: the preset matching the
-    paper's numbers (a mismatch prints a warning)."""
+    (``table`` then has with_paper's columns). ``names``: label -> what readers see. ``preset``: ours;
+    ``paper_from``: the preset matching the paper's numbers (a mismatch prints a warning)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     names = names or {}
@@ -131,32 +224,41 @@ def write(table: pd.DataFrame, out_dir, name: str, title: str, image_metric: str
             csv[column] = [{True: "true", False: "false"}.get(v, "") for v in csv[column]]
     with atomic_path(out_dir / f"{name}.csv") as tmp:
         csv.to_csv(tmp, index=False)
-    header = f"| | image ({image_metric}) | text ({text_metric}) | subjects |"
+
+    best = {column: _best(table[column]) for column in ("image_mean", "text_mean")}
+    if paper:
+        best.update({column: _best(table[column]) for column in ("paper_image", "paper_text")})
+    up_md, up_tex = ARROW["md"], ARROW["tex"]
+    header = f"| | image ({image_metric}) {up_md} | text ({text_metric}) {up_md} | subjects |"
     rule = "|---|---|---|---|"
     if paper:
-        header += " paper image | paper text | paper image inside | paper text inside |"
+        header += f" paper image {up_md} | paper text {up_md} | paper image inside | paper text inside |"
         rule += "---|---|---|---|"
-    lines = [f"**{title}** (mean over subjects, 95% bootstrap interval)", ""]
+    lines = [f"**{title}** (mean over subjects, 95% BCa bootstrap interval over subjects, none below 5 subjects; "
+             f"{up_md}: higher is better, best in bold)", ""]
     if preset:
         lines.append(f"Preset: `{preset}`.")
         if paper and paper_from and preset != paper_from:
             lines.append(f"**Warning**: the paper's numbers correspond to preset `{paper_from}`, these runs used "
                          f"`{preset}`: the protocols differ, so compare with care.")
     lines += [_references_line(table, bool(paper)), "", header, rule]
-    columns = "lcccc" if paper else "lcc"
-    tex = [f"\\begin{{tabular}}{{{columns}}}", r"\toprule",
-           f"& Image ({_latex(image_metric)}) & Text ({_latex(text_metric)})"
-           + (" & Paper image & Paper text" if paper else "") + " \\\\", r"\midrule"]
-    for r in table.itertuples():
+    columns = "lccccc" if paper else "lccc"
+    tex = [r"% needs \usepackage{booktabs}", f"\\begin{{tabular}}{{{columns}}}", r"\toprule",
+           f"& Image ({_latex(image_metric)}) {up_tex} & Text ({_latex(text_metric)}) {up_tex} & Subjects"
+           + (f" & Paper image {up_tex} & Paper text {up_tex}" if paper else "") + " \\\\", r"\midrule"]
+    for i, r in enumerate(table.itertuples()):
         shown = names.get(r.label, r.label)
-        line = (f"| {shown} | {_fmt(r.image_mean, r.image_ci_low, r.image_ci_high)} | "
-                f"{_fmt(r.text_mean, r.text_ci_low, r.text_ci_high)} | {r.subjects} |")
-        row = f"{_latex(shown)} & {r.image_mean:.3f} & {r.text_mean:.3f}"
+        image = [r.image_mean, r.image_ci_low, r.image_ci_high, best["image_mean"][i]]
+        text = [r.text_mean, r.text_ci_low, r.text_ci_high, best["text_mean"][i]]
+        notes = [getattr(r, "image_note", ""), getattr(r, "text_note", "")]
+        line = f"| {shown} | {_fmt(*image, note=notes[0])} | {_fmt(*text, note=notes[1])} | {r.subjects} |"
+        row = (f"{_latex(shown)} & {_fmt(*image, fmt='tex', note=notes[0])} & {_fmt(*text, fmt='tex', note=notes[1])}"
+               f" & {r.subjects}")
         if paper:
-            known = r.paper_image is not None and pd.notna(r.paper_image)
-            line += (f" {r.paper_image:.3f} | {r.paper_text:.3f} |" if known else " | |")
-            line += f" {_yes_no(r.paper_image_inside)} | {_yes_no(r.paper_text_inside)} |"
-            row += f" & {r.paper_image:.3f} & {r.paper_text:.3f}" if known else " & -- & --"
+            pi, pt = (_paper_value(getattr(r, c), best[c][i], "md") for c in ("paper_image", "paper_text"))
+            line += f" {pi} | {pt} | {_yes_no(r.paper_image_inside)} | {_yes_no(r.paper_text_inside)} |"
+            row += "".join(f" & {_paper_value(getattr(r, c), best[c][i], 'tex')}"
+                           for c in ("paper_image", "paper_text"))
         lines.append(line)
         tex.append(row + " \\\\")
     tex += [r"\bottomrule", r"\end{tabular}"]
@@ -180,14 +282,17 @@ def main_table(summary, out_dir, image_metric: str, text_metric: str, model_labe
     if numbers:
         table = with_paper(table, numbers)
     write(table, out_dir, "main", f"Main table: {model_label}", image_metric, text_metric,
-          numbers, METHOD_NAMES, preset, paper_preset(paper))
+          numbers, {m: display_name(m) for m in methods}, preset, paper_preset(paper))
     return table
 
 
 def ablation_table(cells: dict[str, Path], default_summary, out_dir, image_metric: str, text_metric: str,
-                   default_cell: str, paper: str | None = None, preset: str | None = None):
+                   default_cell: str | None, paper: str | None = None, preset: str | None = None,
+                   default_runs=()):
     """``cells``: label -> summary.csv of that cell (its runs' ``method`` is ``dti``); the default
-    DTI row comes from ``default_summary`` (the main table's)."""
+    DTI row comes from ``default_summary`` (the main table's) and is labelled ``default_cell``, or,
+    when that is None, by the settings recorded in ``default_runs`` (the DTI runs behind it)."""
+    default_cell = default_cell or default_cell_label(default_runs)
     frames = []
     for label, path in list(cells.items()) + [(default_cell, default_summary)]:
         s = _read_summary(path)
@@ -205,6 +310,9 @@ def ablation_table(cells: dict[str, Path], default_summary, out_dir, image_metri
     numbers = paper_numbers("ablation", paper)
     if numbers:
         table = with_paper(table, numbers)
-    write(table, out_dir, "ablation", "Ablation of DTI (optimizer, m*, kappa); last row: the default",
-          image_metric, text_metric, numbers, preset=preset, paper_from=paper_preset(paper))
+    names = {label: cell_display(label, default_cell) for label in table["label"]}
+    title = ("Ablation of DTI: each row changes the setting it names (direction optimizer, fixed norm, prior "
+             "concentration kappa); last row: the default")
+    write(table, out_dir, "ablation", title, image_metric, text_metric, numbers, names, preset=preset,
+          paper_from=paper_preset(paper))
     return table

@@ -121,3 +121,32 @@ def test_probe_figure_for_a_rotary_only_model(tiny_models, tmp_path):
     df = pd.read_csv(tmp_path / "positional_probe.csv")
     assert df["condition"].tolist() == [pp.NOT_APPLICABLE]
     assert (tmp_path / "fig" / "positional_probe.png").exists()
+
+
+def test_stagnation_legend_names_the_bound_only_where_it_is_drawn(encoders, tmp_path):
+    for ratio, scales, drawn in ((1.0, (1, 2), False), (50.0, WIDE_SCALES, True)):
+        runs = [fake_run(tmp_path / str(drawn), "ti", "ti", "sd", encoders["sd"], ratio)]
+        df = rs.stagnation_model(None, runs, scales=scales, encoders=encoders["sd"])
+        last = df[df["layer"] == df["layer"].max()]
+        assert last["bound_applicable"].any() == drawn
+        fig = rs.plot_stagnation(df, tmp_path / str(drawn), labels={"text_encoder": "CLIP ViT-L"})
+        legend = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+        assert ("bound arcsin(S_L/|x_0|)" in legend) == drawn and "TI token" in legend
+        notes = [t.get_text() for t in fig.axes[0].texts]
+        assert any(n.startswith("bound not drawn") for n in notes) != drawn
+        assert fig.axes[0].get_title().startswith("CLIP ViT-L (L = ")
+
+
+def test_probe_draws_every_learned_token_it_names(encoders, tmp_path):
+    enc = encoders["sd"]
+    # TI-rescaled and DTI tokens at one norm and direction: the same accuracy, both must show
+    runs = [fake_run(tmp_path, "ti", "ti", "sd", enc, 50.0), fake_run(tmp_path, "dti", "dti", "sd", enc, 1.0),
+            fake_run(tmp_path, "ti_rescaled", "ti_rescaled", "sd", enc, 1.0)]
+    df = pp.probe_model(None, runs, scales=(1, 16), encoders=enc, **PROBE)
+    fig = pp.plot_probe(df, tmp_path)
+    ax = fig.axes[0]
+    points = [tuple(p) for c in ax.collections for p in c.get_offsets()]
+    assert len(points) == 3 * 2 and len(set(points)) == len(points)  # 3 runs, as trained and rescaled, none hidden
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == [
+        "vocabulary directions", "chance", "TI", "TI-rescaled", "DTI", "learned token, as trained",
+        "same direction at the mean norm"]

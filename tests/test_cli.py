@@ -5,12 +5,13 @@ import os
 import shutil
 import subprocess
 import sys
+from importlib import metadata
 
 import pandas as pd
 import pytest
 from PIL import Image
 
-from dti.cli import main
+from dti.cli import COMMANDS, main
 
 
 def _train_args(model, images, out, *extra):
@@ -129,3 +130,63 @@ def test_train_sample_score_aggregate_through_the_command_line(sd_run, ref_image
                  "--metrics", "dinov3", "--out", str(tmp_path / "x.csv")]) == 2
     assert "dinov3" in capsys.readouterr().err
     assert not (tmp_path / "x.csv").exists()
+
+
+def _help(capsys, *argv) -> str:
+    with pytest.raises(SystemExit) as done:
+        main([*argv, "--help"])
+    assert done.value.code == 0
+    return capsys.readouterr().out
+
+
+@pytest.mark.parametrize("command", list(COMMANDS))
+def test_every_command_has_plain_help_with_an_example(capsys, command):
+    text = _help(capsys, command)
+    assert "`" not in text  # reST markup of the docstrings and field helps is not for a terminal
+    example = text.split("\nexample:\n", 1)[1]
+    assert example.lstrip().startswith(f"python -m dti {command}")
+
+
+def test_top_level_help_and_version(capsys):
+    text = _help(capsys)
+    assert "`" not in text and all(name in text for name in COMMANDS)
+    with pytest.raises(SystemExit) as done:
+        main(["--version"])
+    assert done.value.code == 0 and capsys.readouterr().out.strip() == f"python -m dti {metadata.version('dti')}"
+
+
+def test_set_keys_are_listed_once_flags_apart(capsys):
+    train = _help(capsys, "train").split("keys for --set", 1)[1]
+    listed = [line.split()[0] for line in train.splitlines() if line.startswith("  ") and "(default " in line]
+    flags = ["method", "model", "revision", "images", "placeholder", "initializer", "steps", "seed"]
+    assert "lr" in listed and "m_star" in listed and not set(flags) & set(listed)
+    assert ("set by their own flags above: method (--method), model (--model), revision (--revision)"
+            in " ".join(train.split()))
+    generate = _help(capsys, "generate").split("keys for --set", 1)[1]
+    assert "  height (default None)" in generate and "  steps (default" not in generate
+    assert "guidance_scale (--guidance)" in generate
+
+
+def test_choices_are_listed(capsys):
+    assert "--protocol {dreambooth,mini,paper}" in _help(capsys, "score")
+    sample = " ".join(_help(capsys, "sample").split())
+    assert "dreambooth, dti_simple in the default file (default dti_simple); mini in the mini world's" in sample
+    assert "--format {a1111,diffusers}" in _help(capsys, "export")
+
+
+def test_only_commands_that_load_models_import_them(tmp_path):
+    """`dti tables`, `aggregate`, `rescale`, `export` and `data` start without diffusers and transformers."""
+    code = ("import sys; from dti.cli import main; "
+            f"main(['tables', 'main', '--summary', {str(tmp_path / 'no.csv')!r}, '--image-metric', 'a', "
+            f"'--text-metric', 'b', '--out', {str(tmp_path)!r}]); "
+            "print(sorted(m for m in ('diffusers', 'transformers') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], env={**os.environ, "HF_HUB_OFFLINE": "1"},
+                          capture_output=True, text=True)
+    assert done.stdout.strip() == "[]", done.stderr
+    assert "summary" in done.stderr and "not found" in done.stderr
+
+
+def test_revision_reaches_the_configuration(tiny_models, ref_images, tmp_path, capsys):
+    assert main(_train_args(tiny_models["sd"], ref_images, tmp_path / "o", "--revision", "v1.0")) == 2
+    assert "v1.0" in _error_line(capsys)
+    assert not (tmp_path / "o").exists()

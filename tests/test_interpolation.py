@@ -4,6 +4,7 @@ analysis end to end on the tiny SD pipeline with tiny metric models."""
 import json
 import math
 import os
+import re
 import shutil
 
 import numpy as np
@@ -12,7 +13,8 @@ import pytest
 import torch
 from PIL import Image
 
-from analysis.interpolation import interpolate_vectors, interpolation, main, write_interpolated_runs
+from analysis.interpolation import _path_name, _path_title, interpolate_vectors, interpolation, main, plot_grid, \
+    write_interpolated_runs
 from dti import DTIError, TrainConfig, load_embeddings, train
 from tests import tiny
 from dti.embeddings import read_run
@@ -91,6 +93,7 @@ def test_interpolated_runs_are_ordinary_runs(runs, tiny_models, tmp_path):
     assert record["method"] == "interpolation" and record["mode"] == "slerp" and record["t"] == 0.25
     assert record["tokens"] == rec_a["tokens"] and record["status"] == "complete"
     assert record["source_runs"] == [str(runs["a"].resolve()), str(runs["b"].resolve())]
+    assert record["source_methods"] == ["dti", "dti"]
     assert e.norm(dim=1).tolist() == pytest.approx(rec_a["m_star_values"], rel=1e-6)
     assert torch.equal(read_run(dirs[0])[1][0], a) and torch.equal(read_run(dirs[2])[1][0], b)
 
@@ -137,6 +140,12 @@ def test_interpolation_end_to_end(runs, ref_images, metric_models, tmp_path, cap
     work, figures, tables = tmp_path / "work", tmp_path / "figures", tmp_path / "tables"
     df = interpolation(runs["a"], runs["b"], [0, 0.5, 1], TEMPLATES, [0, 1], "dog", "cat", ref_images, refs_b, work,
                        metric_ids=metric_models, sample_cfg=cfg, figures=figures, tables=tables)
+    out, err = capsys.readouterr()
+    # one plain line per point, and no progress bar of the pipeline's denoising loop (the command line
+    # also silences the loading bars, below)
+    assert "interpolation (slerp): t = 0.5 sampled (2/3 points, 2 images each)" in out
+    bars = [b for b in re.split(r"[\r\n]", out + err) if "%|" in b and "Loading" not in b]
+    assert bars == []
     csv = pd.read_csv(tables / "interpolation.csv")
     assert len(csv) == len(df) == 3 * 2 * 1 * 2 * 2  # t x seed x template x metric x against
     assert list(csv.columns[:7]) == ["t", "mode", "template", "seed", "metric", "against", "value"]
@@ -152,9 +161,11 @@ def test_interpolation_end_to_end(runs, ref_images, metric_models, tmp_path, cap
         for seed, file in zip(direct["seed"], direct["file"]):
             along = csv[(csv["t"] == t) & (csv["seed"] == seed)]["file"].iloc[0]
             assert np.abs(_pixels(along) - _pixels(tmp_path / f"direct_{t}" / file)).max() <= 2
-    for name in ("interpolation_grid", "interpolation_scores"):
+    for name in ("interpolation_grid_dti", "interpolation_scores_dti"):  # named by method: DTI's and TI's differ
         assert (figures / f"{name}.png").stat().st_size > 5000
-        assert (figures / f"{name}.caption.txt").read_text().strip().endswith(".")
+        caption = (figures / f"{name}.caption.txt").read_text().strip()
+        assert caption.startswith("DTI, slerp") and "<a> (t = 0) → <b> (t = 1)" in caption and caption.endswith(".")
+    assert not (figures / "interpolation_grid.png").exists()
 
     # the command line, rerun on the same work folder: intact images of unchanged points are kept
     prompts = tmp_path / "prompts.txt"
@@ -166,7 +177,10 @@ def test_interpolation_end_to_end(runs, ref_images, metric_models, tmp_path, cap
             "--seeds", "0", "1", "--references-a", str(ref_images), "--references-b", str(refs_b),
             "--class-a", "dog", "--class-b", "cat", *ids, "--figures", str(figures), "--tables", str(tmp_path / "t2"),
             "--work", str(work), "--set", "steps=2"]
+    capsys.readouterr()
     assert main(args) == 0
+    out, err = capsys.readouterr()
+    assert "%|" not in out + err and "\r" not in out + err  # a log of plain lines
     assert [os.stat(f).st_mtime_ns for f in files] == stamps
     again = pd.read_csv(tmp_path / "t2" / "interpolation.csv")
     assert np.allclose(again["value"], csv["value"])
@@ -180,3 +194,24 @@ def test_interpolation_end_to_end(runs, ref_images, metric_models, tmp_path, cap
     assert main(args + ["--text-metric", "dinov2"]) == 2
     assert "'dinov2' is not a text metric" in capsys.readouterr().err
     assert math.isfinite(df["value"].mean())
+
+
+def test_the_grid_names_its_method_shows_both_concepts_references_and_the_prompts_as_sampled(tmp_path):
+    cells = []
+    for t in (0.0, 1.0):
+        for seed in (0, 1):
+            file = tmp_path / f"{t}_{seed}.png"
+            Image.new("RGB", (8, 8), (int(255 * t), 0, 0)).save(file)
+            cells.append({"t": t, "template": 0, "seed": seed, "file": str(file)})
+    refs = {key: [Image.new("RGB", (8, 8), colour)] * 3 for key, colour in (("a", "blue"), ("b", "green"))}
+    path = {"methods": ["ti"], "mode": "lerp", "concepts": {"a": "<dog>", "b": "<cat>"},
+            "nouns": {"a": "dog", "b": "cat"}}
+    fig = plot_grid(pd.DataFrame(cells), ["a {} in the jungle"], path, tmp_path / "fig", references=refs)
+    assert _path_name(path) == "ti" and (tmp_path / "fig" / "interpolation_grid_ti.png").is_file()
+    texts = [t.get_text() for t in fig.texts]
+    assert texts[0] == _path_title(path) == "TI, lerp (straight line): <dog> (t = 0) → <cat> (t = 1)"
+    assert any(t.startswith("concept a (t = 0): <dog> (dog)") for t in texts)
+    assert any(t.startswith("concept b (t = 1): <cat> (cat)") for t in texts)
+    assert "a <dog@t> in the jungle (seed 1)" in [t.replace("\n", " ") for t in texts]
+    shown = [ax.images[0].get_array()[0, 0].tolist() for ax in fig.axes]
+    assert shown == [[0, 0, 255]] * 3 + [[0, 128, 0]] * 3 + [[0, 0, 0], [255, 0, 0]] * 2  # references, then rows

@@ -17,3 +17,14 @@ def test_ruff_finds_nothing():
     done = subprocess.run([ruff, "check", "--output-format", "concise", str(ROOT)], cwd=ROOT, capture_output=True,
                           text=True)
     assert done.returncode == 0, done.stdout[-3000:]
+
+
+def test_snakemake_lint_is_clean():
+    """Snakemake's own linter (logs, software environments, params instead of globals in shell commands, rules
+    apart from functions) finds nothing in the workflow, for the default and a paper configuration."""
+    from conftest import run_snakemake
+
+    for args in ([], ["--configfile", "experiments/sdxl.yaml"]):
+        done = run_snakemake("--lint", *args, cores=None)
+        assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+        assert "Lints for" not in done.stdout + done.stderr

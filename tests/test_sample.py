@@ -1,7 +1,12 @@
 """Sampling protocol: browsable images and manifest, per-image seeds, resume only from the same inputs."""
 
+import json
 import os
+import re
 import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -10,8 +15,11 @@ from PIL import Image
 
 from dti import DTIError
 from dti.data import read_prompt_set
-from dti.io import load_tensors, save_tensors
+from dti.io import load_tensors, read_json, save_tensors, write_json
+from dti.runs import model_revision
 from dti.sample import SampleConfig, sample
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 TEMPLATES = ["a {} in the jungle", "a red {}"]
@@ -96,3 +104,37 @@ def test_sample_bad_input(sd_run, tmp_path):
     with pytest.raises(DTIError, match="batch_size must be >= 1, got 0"):
         sample(sd_run, tmp_path / "o", "dog", "dog", TEMPLATES, [0], "p", SampleConfig().set(["batch_size=0"]))
     assert not (tmp_path / "o").exists()
+
+
+def test_a_sample_jobs_log_counts_images_and_holds_no_loader_noise(sd_run, tmp_path):
+    """A job's log (stderr a file): one plain line per pipeline call with images done/total, and not
+    transformers' warning about new embedding rows drawn from a normal distribution. A fresh process,
+    as a job is: transformers warns once per process."""
+    prompts = tmp_path / "prompts.json"
+    prompts.write_text(json.dumps({"tiny": {"object": TEMPLATES, "live": TEMPLATES + ["a {} on the moon"]}}))
+    done = subprocess.run([sys.executable, "-m", "dti", "sample", "--run", str(sd_run), "--out", str(tmp_path / "out"),
+                           "--subject", "dog", "--prompts", "tiny", "--prompts-file", str(prompts), "--seeds", "0", "1",
+                           "--set", "steps=2", "--set", "batch_size=4"],
+                          cwd=ROOT, env={**os.environ, "HF_HUB_OFFLINE": "1"}, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "normal distribution" not in done.stderr and "\r" not in done.stderr
+    lines = done.stderr.splitlines()
+    counts = [re.fullmatch(r"sample dog image (\d+)/6 \| [\d.e+]+ image/s, eta \d+:\d\d:\d\d", line) for line in lines]
+    assert all(counts) and [int(m[1]) for m in counts] == [4, 6]
+
+
+def test_sampling_loads_the_runs_recorded_revision(sd_run, tmp_path):
+    """A run trained from a hub id records its revision and commit; sampling loads the pipeline at them
+    (here at a local folder, which refuses any revision, so the refusal shows what was asked for)."""
+    run = tmp_path / "run"
+    shutil.copytree(sd_run, run)
+    record = read_json(run / "run.json")
+    assert model_revision(record) is None  # trained from a local folder
+    record["config"]["revision"] = "v2"
+    write_json(record, run / "run.json")
+    with pytest.raises(DTIError, match=r"revision 'v2' was given, but .* is a local folder"):
+        sample(run, tmp_path / "o", "dog", "dog", TEMPLATES, [0], "p")
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    write_json({**record, "model_commit": commit}, run / "run.json")
+    with pytest.raises(DTIError, match=f"revision '{commit}' was given"):  # the commit before the revision
+        sample(run, tmp_path / "o", "dog", "dog", TEMPLATES, [0], "p")

@@ -5,19 +5,22 @@ import pytest
 
 from dti import DTIError, tables
 from dti.aggregate import write_tables
+from dti.io import write_json
 
 
 def summary_of(tmp_path, name, scores: dict, references: str | None = None) -> str:
-    """summary.csv of made-up per-image scores: {method: (image values, text values)} over subjects a, b;
-    ``references``: the scores' `references` column (masked, unmasked; None: no such column)."""
+    """summary.csv as ``dti aggregate`` writes it, of two subjects a and b: {method: (image values, text
+    values)}; the mean over the two, and as interval their range (what a bootstrap over two subjects
+    gives; written here so that these tests depend on the tables alone, not on the interval method).
+    ``references``: the summary's `references` column (masked, unmasked; None: no such column)."""
     rows = []
-    for method, (image, text) in scores.items():
-        for subject, i, t in zip("ab", image, text):
-            rows += [{"method": method, "metric": "dinov2", "subject": subject, "value": i},
-                     {"method": method, "metric": "siglip", "subject": subject, "value": t}]
-    if references:
-        rows = [{**row, "references": references} for row in rows]
-    write_tables(pd.DataFrame(rows), tmp_path / name)
+    for method, values in scores.items():
+        for metric, (a, b) in zip(("dinov2", "siglip"), values):
+            rows.append({"method": method, "metric": metric, **({"references": references} if references else {}),
+                         "mean": (a + b) / 2, "ci_low": min(a, b), "ci_high": max(a, b), "n_subjects": 2,
+                         "n_expected_subjects": 2})
+    (tmp_path / name).mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(rows).to_csv(tmp_path / name / "summary.csv", index=False)
     return str(tmp_path / name / "summary.csv")
 
 
@@ -30,9 +33,9 @@ def test_main_table_orders_methods_and_prints_the_papers_numbers(tmp_path):
     assert table.set_index("label").loc["ti", "image_mean"] == pytest.approx(0.7)
     assert table.set_index("label").loc["dti", "text_mean"] == pytest.approx(0.6)
     md = (tmp_path / "out" / "main.md").read_text()
-    assert "| TI-rescaled | 0.200 [" in md and "| 0.561 | 0.292 |" in md  # display names; paper's TI beside ours
+    assert "| TI-rescaled | 0.200 [" in md and "| **0.561** | 0.292 |" in md  # display names; paper's TI beside ours
     tex = (tmp_path / "out" / "main.tex").read_text()
-    assert "DTI & 0.500 & 0.600" in tex
+    assert r"DTI & 0.500 {\scriptsize [0.400, 0.600]} & \textbf{0.600} {\scriptsize [0.500, 0.700]} & 2/2" in tex
     assert pd.read_csv(tmp_path / "out" / "main.csv")["label"].tolist() == ["ti", "ti_rescaled", "dti", "newer"]
 
 
@@ -44,7 +47,9 @@ def test_ablation_table_puts_the_default_row_last(tmp_path):
                                   "rsgd, m*=mean, kappa=0.0001", paper="sdxl")
     assert table["label"].tolist() == ["rsgd, m*=mean, kappa=0.0", "rsgd, m*=mean, kappa=0.0001"]
     assert table["image_mean"].tolist() == pytest.approx([0.1, 0.5])  # the default row is DTI's, not TI's
-    assert "| 0.507 | 0.436 |" in (tmp_path / "out" / "ablation.md").read_text()
+    md = (tmp_path / "out" / "ablation.md").read_text()
+    assert "| kappa = 0 | 0.100 [" in md and "| **0.507** | 0.436 |" in md
+    assert "| DTI (default: RSGD, m* = mean, kappa = 1e-4) | **0.500** [" in md
 
 
 def test_unknown_paper_model_and_missing_metric_are_one_line_errors(tmp_path):
@@ -64,9 +69,9 @@ def test_paper_numbers_in_every_format_with_whether_they_lie_inside_our_interval
     assert (csv.loc["ti", "paper_image"], csv.loc["ti", "paper_text"]) == ("0.561", "0.292")
     assert (csv.loc["ti", "paper_image_inside"], csv.loc["ti", "paper_text_inside"]) == ("true", "false")
     assert (csv.loc["dti", "paper_image_inside"], csv.loc["dti", "paper_text_inside"]) == ("false", "true")
-    assert "| 0.561 | 0.292 | yes | no |" in (tmp_path / "out" / "main.md").read_text()
+    assert "| **0.561** | 0.292 | yes | no |" in (tmp_path / "out" / "main.md").read_text()
     tex = (tmp_path / "out" / "main.tex").read_text()
-    assert "{lcccc}" in tex and "TI & 0.550 & 0.150 & 0.561 & 0.292 \\\\" in tex
+    assert "{lccccc}" in tex and r"& 2/2 & \textbf{0.561} & 0.292 \\" in tex
     # without paper numbers: no paper columns anywhere
     tables.main_table(summary, tmp_path / "bare", "dinov2", "siglip", "sdxl")
     assert "paper_image_inside" not in pd.read_csv(tmp_path / "bare" / "main.csv").columns
@@ -123,3 +128,56 @@ def test_mixed_masked_and_unmasked_scores_are_refused(tmp_path):
     write_tables(pd.DataFrame(rows), tmp_path / "s")
     with pytest.raises(DTIError, match="'dinov2' scores of 'dti' mix reference kinds"):
         tables.main_table(tmp_path / "s" / "summary.csv", tmp_path / "out", "dinov2", "siglip", "x")
+
+
+def test_readers_see_arrows_bold_best_values_and_booktabs_while_the_csv_stays_plain(tmp_path):
+    # DTI and CrossInit tie on text at the shown precision: both bold; TI is best on image alone
+    summary = summary_of(tmp_path, "main", {"ti": ((0.8, 0.9), (0.1, 0.2)), "crossinit": ((0.5, 0.6), (0.4, 0.6)),
+                                            "dti": ((0.3, 0.4), (0.45, 0.55))})
+    tables.main_table(summary, tmp_path / "out", "dinov2", "siglip", "sdxl")
+    md = (tmp_path / "out" / "main.md").read_text().splitlines()
+    assert "| | image (dinov2) ↑ | text (siglip) ↑ | subjects |" in md
+    rows = {line.split(" | ")[0][2:]: line for line in md if line.startswith("| ") and "---" not in line}
+    assert rows["TI"].startswith("| TI | **0.850** [") and "| 0.150 [" in rows["TI"]
+    assert "| **0.500** [" in rows["CrossInit"] and "| **0.500** [" in rows["DTI"]
+    assert sum(line.count("**") for line in rows.values()) == 2 * 3
+    tex = (tmp_path / "out" / "main.tex").read_text().splitlines()
+    assert [line for line in tex if line.endswith("rule")] == [r"\toprule", r"\midrule", r"\bottomrule"]
+    assert r"Image (dinov2) $\uparrow$" in tex[3] and r"TI & \textbf{0.850} {\scriptsize [0.800, 0.900]}" in tex[5]
+    csv = (tmp_path / "out" / "main.csv").read_text()
+    assert "**" not in csv and "↑" not in csv and "textbf" not in csv
+    assert pd.read_csv(tmp_path / "out" / "main.csv")["label"].tolist() == ["ti", "crossinit", "dti"]
+
+
+@pytest.mark.parametrize("label,shown", [
+    ("rsgd, m*=mean, kappa=0.0", "kappa = 0"), ("rsgd, m*=mean, kappa=0.0005", "kappa = 5e-4"),
+    ("adamw, m*=mean, kappa=0.0001", "AdamW"), ("rsgd, m*=min, kappa=0.0001", "m* = min"),
+    ("rsgd, m*=5.0, kappa=0.0001", "m* = 5"), ("adamw, m*=max, kappa=0.0", "AdamW, m* = max, kappa = 0"),
+    ("rsgd, m*=mean, kappa=0.0001", "DTI (default: RSGD, m* = mean, kappa = 1e-4)"),
+    ("my own label", "my own label")])
+def test_ablation_cells_are_shown_by_what_they_change_from_the_default(label, shown):
+    assert tables.cell_display(label, "rsgd, m*=mean, kappa=0.0001") == shown
+
+
+def dti_run(root, name, kappa=0.0001, method="dti"):
+    run = root / name
+    write_json({"status": "complete", "config": {"method": method, "direction_optimizer": "rsgd", "m_star": "mean",
+                                                 "kappa": kappa}}, run / "run.json")
+    return run
+
+
+def test_the_default_ablation_row_is_labelled_from_its_runs(tmp_path):
+    runs = [dti_run(tmp_path, "a", 5e-5), dti_run(tmp_path, "b", 5e-5)]
+    assert tables.default_cell_label(runs) == "rsgd, m*=mean, kappa=5e-05"
+    default = summary_of(tmp_path, "default", {"dti": ((0.4, 0.6), (0.5, 0.7))})
+    cell = summary_of(tmp_path, "cell", {"dti": ((0.0, 0.2), (0.9, 0.9))})
+    table = tables.ablation_table({tables.cell_label("rsgd", "mean", 0): cell}, default, tmp_path / "out", "dinov2",
+                                  "siglip", None, default_runs=runs)
+    assert table["label"].tolist() == ["rsgd, m*=mean, kappa=0.0", "rsgd, m*=mean, kappa=5e-05"]
+    assert "| DTI (default: RSGD, m* = mean, kappa = 5e-5) |" in (tmp_path / "out" / "ablation.md").read_text()
+    with pytest.raises(DTIError, match="default DTI runs differ in settings"):
+        tables.default_cell_label(runs + [dti_run(tmp_path, "c", 1e-4)])
+    with pytest.raises(DTIError, match="is a 'ti' run"):
+        tables.default_cell_label([dti_run(tmp_path, "d", method="ti")])
+    with pytest.raises(DTIError, match="no DTI runs given"):
+        tables.ablation_table({}, default, tmp_path / "out", "dinov2", "siglip", None)

@@ -2,16 +2,24 @@
 
 import csv
 import dataclasses
+import io
+import os
+import re
 import shutil
+import sys
 
+import numpy as np
 import pytest
 import torch
 from diffusers import DiffusionPipeline
+from PIL import Image
 from safetensors import safe_open
 
 from dti import DTIError, TrainConfig, load_embeddings, rescale, train
+from dti.devices import Progress, interactive
 from dti.embeddings import read_run
 from dti.families import FAMILIES
+from dti.sample import SampleConfig, sample
 from dti.train import resolve_config
 from dti.io import load_tensors, save_tensors
 
@@ -266,3 +274,128 @@ def test_v_prediction_sd_trains_against_the_velocity(ref_images, tmp_path):
     assert loss != pytest.approx(torch.nn.functional.mse_loss(pred, noise).item())
     record, rows = read_run(train(cfg, tmp_path / "run", family=family))
     assert record["status"] == "complete" and torch.isfinite(rows[0]).all()
+
+
+PROGRESS = re.compile(r"^(\w+) step (\d+)/(\d+) (.*) \| ([\d.e+]+) step/s, eta (\d+):(\d\d):(\d\d)$")
+
+
+def test_progress_lines_without_a_terminal(tiny_models, ref_images, tmp_path, capfd):
+    """A workflow's log (stderr not a terminal) gets a plain line every progress_every steps and at the
+    last, with loss, each encoder's vector norms and cosines to the initializer, speed and ETA."""
+    cfg = make_cfg("sdxl", "dti", tiny_models["sdxl"], ref_images, steps=3, progress_every=2)
+    run = train(cfg, tmp_path / "run")
+    lines = [m for m in map(PROGRESS.match, capfd.readouterr().err.splitlines()) if m]
+    assert [(m[1], int(m[2]), int(m[3])) for m in lines] == [("dti", 2, 3), ("dti", 3, 3)]
+    log = read_log(run)
+    for m in lines:
+        fields = dict(item.split("=") for item in m[4].split())
+        step = int(m[2])
+        rows = [r for r in log if r["step"] == step]
+        assert float(fields["loss"]) == pytest.approx(rows[0]["loss"], rel=1e-4)
+        for enc, name in enumerate(["text_encoder", "text_encoder_2"]):  # one value per vector of "stuffed animal"
+            mine = [r for r in rows if r["encoder"] == enc]
+            norms = [float(v) for v in fields[f"norm.{name}"].split(",")]
+            cosines = [float(v) for v in fields[f"cos_init.{name}"].split(",")]
+            assert norms == pytest.approx([r["norm"] for r in mine], rel=1e-4)
+            assert cosines == pytest.approx([r["cos_to_initializer"] for r in mine], abs=1e-4)
+        assert float(m[5]) > 0
+    assert (int(lines[-1][6]), int(lines[-1][7]), int(lines[-1][8])) == (0, 0, 0)  # nothing left at the end
+
+    train(make_cfg("sd", "ti", tiny_models["sd"], ref_images, steps=2, progress_every=0), tmp_path / "quiet")
+    assert not [line for line in capfd.readouterr().err.splitlines() if PROGRESS.match(line)]
+
+
+def test_validation_images_leave_training_unchanged(tiny_models, ref_images, tmp_path):
+    """Validation images come from the current vectors with the sampler of ``dti sample``, and
+    training draws the same numbers with them as without: bit-identical vectors and log."""
+    prompts = "a photo of {}|a red {} on the beach"
+    plain = train(make_cfg("sd", "dti", tiny_models["sd"], ref_images), tmp_path / "plain")
+    cfg = make_cfg("sd", "dti", tiny_models["sd"], ref_images, validation_every=2, validation_steps=2,
+                   validation_prompts=prompts)
+    watched = train(cfg, tmp_path / "watched")
+    assert torch.equal(read_run(watched)[1][0], read_run(plain)[1][0])
+    assert (watched / "train_log.csv").read_bytes() == (plain / "train_log.csv").read_bytes()
+    files = sorted(p.name for p in (watched / "validation").iterdir())
+    assert files == [f"step0000{s}_{i}.png" for s in (0, 2, 3) for i in (0, 1)]  # the start, every 2, the last
+    start, last = (np.asarray(Image.open(watched / "validation" / f"step0000{s}_0.png"), dtype=int) for s in (0, 3))
+    assert start.shape == (64, 64, 3) and not np.array_equal(start, last)  # the vectors moved in between
+
+    # the last step's image is what `dti sample` makes of the finished run, at the same prompt, seed and steps
+    manifest = sample(watched, tmp_path / "samples", "dog", "dog", ["a photo of {}"], [cfg.validation_seed], "p",
+                      SampleConfig().set(["steps=2"]))
+    sampled = np.asarray(Image.open(manifest.parent / "dog" / "00_a_photo_of_x" / "seed0.png"), dtype=int)
+    assert np.abs(sampled - last).max() <= 2
+
+    # watching settings do not block a resume; a refused prompt is one line before training
+    assert train(dataclasses.replace(cfg, validation_every=1, progress_every=1), watched, resume=True) == watched
+    with pytest.raises(DTIError, match=r"validation prompt 'a photo' must hold one \{\}"):
+        make_cfg("sd", "dti", tiny_models["sd"], ref_images, validation_every=2, validation_prompts="a photo")
+
+
+def test_tensorboard_logs_the_step_log_and_validation_images(tiny_models, ref_images, tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    cfg = make_cfg("sd", "ti", tiny_models["sd"], ref_images, steps=3, tensorboard=True, validation_every=2,
+                   validation_steps=2)
+    run = train(cfg, tmp_path / "run")
+    events = EventAccumulator(str(run / "tensorboard"), size_guidance={"scalars": 0, "images": 0})
+    events.Reload()
+    log = read_log(run)
+    loss = [(e.step, e.value) for e in events.Scalars("loss")]
+    assert loss == [(s, pytest.approx(r["loss"], rel=1e-6)) for s in (1, 2, 3)
+                    for r in log if r["step"] == s and r["encoder"] == 0 and r["vector"] == 0]  # step 0: no loss
+    for j in (0, 1):
+        norms = [(e.step, e.value) for e in events.Scalars(f"norm/text_encoder/{j}")]
+        assert norms == [(r["step"], pytest.approx(r["norm"], rel=1e-6)) for r in log if r["vector"] == j]
+        assert [e.step for e in events.Scalars(f"angle_deg/text_encoder/{j}")] == [1, 2, 3]
+    assert [e.step for e in events.Scalars("lr")] == [0, 1, 2, 3]
+    assert [e.step for e in events.Scalars("cos_to_initializer/text_encoder/0")] == [0, 1, 2, 3]
+    images = events.Images("validation/0")
+    assert [(e.step, e.width, e.height) for e in images] == [(0, 64, 64), (2, 64, 64), (3, 64, 64)]
+
+
+def test_tensorboard_missing_is_one_line_before_training(tiny_models, ref_images, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # as where the track extra is not installed
+    with pytest.raises(DTIError, match=r"tensorboard logging needs `pip install -e '\.\[track\]'`"):
+        train(make_cfg("sd", "ti", tiny_models["sd"], ref_images, tensorboard=True), tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_revision_is_refused_for_a_local_folder_and_recorded_for_hub_ids(tiny_models, ref_images, tmp_path):
+    cfg = make_cfg("sd", "ti", tiny_models["sd"], ref_images, steps=1)
+    with pytest.raises(DTIError, match=r"revision 'v1\.0' was given, but .* is a local folder"):
+        train(dataclasses.replace(cfg, revision="v1.0"), tmp_path / "refused")
+    assert not (tmp_path / "refused").exists()
+    record, _ = read_run(train(cfg, tmp_path / "run"))
+    assert record["config"]["revision"] is None and record["model_commit"] is None  # a local folder has no commit
+    assert "model_commit_note" not in record and "model_revision" not in record["inputs"]
+
+
+def test_progress_is_a_bar_on_a_terminal_and_lines_in_a_log():
+    log = io.StringIO()
+    progress = Progress(10, every=4, desc="sample s", unit="image", stream=log)
+    assert progress.bar is None
+    for n in (3, 3, 3, 1):  # batches cross multiples of 4 at 6 and 9; the end always gets a line
+        progress.update(n, {"k": "v"})
+    progress.close()
+    done = [int(re.match(r"sample s image (\d+)/10 k=v \| [\d.e+]+ image/s, eta \d+:\d\d:\d\d$", line)[1])
+            for line in log.getvalue().splitlines()]
+    assert done == [6, 9, 10]
+    primary, secondary = os.openpty()
+    with os.fdopen(secondary, "w") as terminal:
+        bar = Progress(2, every=1, stream=terminal)
+        assert interactive(terminal) and bar.bar is not None
+        bar.update(2)
+        bar.close()
+    os.close(primary)
+
+
+def test_a_validation_that_cannot_run_stops_before_the_first_step(tiny_models, ref_images, tmp_path):
+    # the tiny SANA model's size has no aspect-ratio bin, which SANA's sampling protocol asks for
+    cfg = make_cfg("sana", "dti", tiny_models["sana"], ref_images, validation_every=1, validation_steps=1)
+    with pytest.raises(DTIError, match=r"validation images at step 0 failed \(ValueError: Invalid sample size\); "
+                                       "validation_every=0 trains without them"):
+        train(cfg, tmp_path / "run")
+    assert {r["step"] for r in read_log(tmp_path / "run")} == {0}
+    assert not (tmp_path / "run" / "checkpoint.safetensors").exists()

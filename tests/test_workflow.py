@@ -248,6 +248,10 @@ def test_bad_values_fail_the_plan_naming_their_key(tmp_path, case):
     assert not results.exists() and not (ROOT / "INJECTED").exists()
 
 
+def main_subjects(out) -> list[str]:
+    return sorted(pd.read_csv(out / "tables" / "main_scores" / "per_subject.csv")["subject"].unique())
+
+
 @pytest.mark.slow
 def test_smoke_workflow_end_to_end_then_one_cell_rerun(smoke_local, tmp_path):
     out = smoke_local / "smoke"
@@ -259,8 +263,15 @@ def test_smoke_workflow_end_to_end_then_one_cell_rerun(smoke_local, tmp_path):
     ablation = pd.read_csv(out / "tables" / "ablation.csv")
     assert len(ablation) == 3 and ablation["label"].iloc[-1] == "rsgd, m*=mean, kappa=0.0001"
     for name in ("norm_growth", "cosine_drift", "vocab_norms", "positional_probe", "residual_stagnation",
-                 "contextual_map", "ablation_view", "interpolation_dti/interpolation_grid"):
+                 "contextual_map", "ablation_view", "interpolation_dti/interpolation_grid_dti",
+                 "interpolation_dti/interpolation_scores_dti", "job_costs",
+                 *(f"qualitative_grid_{subject}" for subject in main_subjects(out))):
         assert (out / "figures" / f"{name}.png").stat().st_size > 5_000
+    # every training, sampling and scoring job left its time and memory, and the claims table has its verdicts
+    costs = pd.read_csv(out / "tables" / "job_costs.csv").set_index("stage")
+    assert {"training", "sampling", "scoring"} <= set(costs.index) and (costs["total_s"] > 0).all()
+    claims = pd.read_csv(out / "tables" / "claims.csv")
+    assert len(claims) >= 11 and claims["verdict"].notna().all()
     norms = pd.read_csv(out / "tables" / "final_norms.csv").groupby("method")["ratio_to_vocab_mean"].mean()
     assert norms["dti"] == pytest.approx(1.0, rel=1e-5) and norms["ti_rescaled"] == pytest.approx(1.0, rel=1e-5)
     scores = pd.read_csv(out / "tables" / "main_scores" / "summary.csv")
@@ -295,7 +306,7 @@ def test_smoke_workflow_end_to_end_then_one_cell_rerun(smoke_local, tmp_path):
     plan = snakemake("-n", "--configfile", str(changed))
     counts = job_counts(plan.stdout)
     assert counts == {"train_ablation": 1, "sample": 1, "score": 1, "ablation_cell": 1, "ablation_table": 1,
-                      "ablation_view": 1, "all": 1, "total": 7}, counts
+                      "ablation_view": 1, "claims": 1, "job_costs": 1, "all": 1, "total": 9}, counts
     assert "kappa~0.0002" in plan.stdout and "kappa~0.0001" not in plan.stdout.split("rule ablation_table")[0]
 
 

@@ -9,15 +9,6 @@ ABLATION_SUBJECTS = ABLATION.get("subjects") or SUBJECTS
 CELL = f"{OUT}/ablation/{CELLS.wildcard_pattern}"  # one cell's folder, with the cell's wildcards
 
 
-def cell_tables(cell: str) -> str:
-    """The aggregated scores of one cell (a folder name under ablation/; "default": the default DTI cell)."""
-    return f"{OUT}/ablation/{cell}/tables"
-
-
-def cell_summary(cell: str) -> str:
-    return f"{cell_tables(cell)}/summary.csv"
-
-
 rule train_ablation:
     input: MODEL_INPUT, images=IMAGES_INPUT
     output: embeds=run_embeds("dti", "{subject}", "{seed}", prefix=CELL)
@@ -28,7 +19,9 @@ rule train_ablation:
                        method="dti"),
     threads: threads("train")
     resources: **job_resources("train")
-    log: f"{OUT}/logs/ablation/{CELLS.wildcard_pattern}/{{subject}}_seed{{seed}}.log"
+    log: log_of("ablation", CELLS.wildcard_pattern, "{subject}_seed{seed}.log")
+    benchmark: benchmark_of("ablation", CELLS.wildcard_pattern, "{subject}_seed{seed}.tsv")
+    conda: CONDA_ENV
     shell: train_command("dti")
 
 
@@ -36,13 +29,10 @@ rule ablation_cell:
     localrule: True
     input: lambda wildcards: scores_of(CELL.format(**wildcards), ["dti"], ABLATION_SUBJECTS)
     output: summary=cell_summary(CELLS.wildcard_pattern)
-    params: **aggregate_params(lambda wildcards, output: os.path.dirname(output.summary), ABLATION_SUBJECTS)
+    params: **aggregate_params(ABLATION_SUBJECTS)
+    log: log_of("ablation", CELLS.wildcard_pattern, "aggregate.log")
+    conda: CONDA_ENV
     shell: AGGREGATE_COMMAND
-
-
-def cell_label(row) -> str:
-    from dti.tables import cell_label as label
-    return label(row["direction_optimizer"], row["m_star"], row["kappa"])
 
 
 rule ablation_default:
@@ -50,7 +40,9 @@ rule ablation_default:
     localrule: True
     input: scores_of(OUT, ["dti"], ABLATION_SUBJECTS)
     output: summary=cell_summary("default")
-    params: **aggregate_params(cell_tables("default"), ABLATION_SUBJECTS)
+    params: **aggregate_params(ABLATION_SUBJECTS)
+    log: log_of("ablation", "default", "aggregate.log")
+    conda: CONDA_ENV
     shell: AGGREGATE_COMMAND
 
 
@@ -67,7 +59,14 @@ rule ablation_table:
     params:
         cells=" ".join(f"--cell {shlex.quote(f'{cell_label(row)}={cell_summary(pattern)}')}"
                        for (_, row), pattern in zip(CELLS.iterrows(), CELLS.instance_patterns)),
-        paper=f"--paper {shlex.quote(config['paper_numbers'])}" if config.get("paper_numbers") else "",
+        metrics=f"--image-metric {IMAGE_METRIC} --text-metric {TEXT_METRIC}",
+        default_runs=[run_dir("dti", subject, seed) for subject in ABLATION_SUBJECTS for seed in SEEDS],
+        paper=PAPER_OPTION,
+        preset=PRESET_OPTION,
+        out=lambda wildcards, output: os.path.dirname(output.md),
+    log: log_of("ablation_table.log")
+    conda: CONDA_ENV
     shell:
-        "{PY} -m dti tables ablation --summary {input.default:q} {params.cells} --image-metric {IMAGE_METRIC}"
-        " --text-metric {TEXT_METRIC} {params.paper} {PRESET_OPTION} --out {OUT:q}/tables"
+        "python -m dti tables ablation --summary {input.default:q} {params.cells} {params.metrics}"
+        " --default-runs {params.default_runs:q}"
+        " {params.paper} {params.preset} --out {params.out:q} > {log:q} 2>&1"

@@ -7,77 +7,99 @@ MAIN_RUN_DIRS = [os.path.dirname(f) for f in MAIN_RUNS]  # lists: `{X:q}` quotes
 # Analyses that place each method's token among words use one subject, so figures stay legible.
 FIRST_RUN_DIRS = [run_dir(m, SUBJECTS[0], SEEDS[0]) for m in ALL_METHODS]
 FIGURES, TABLES = f"{OUT}/figures", f"{OUT}/tables"
-
-
-def figure(name: str):
-    return report(f"{FIGURES}/{name}.png", caption=f"../report/{name}.rst", category="Figures")
+# What an analysis reads: the base model (a hub id or a folder), the folders of its `figure` and `table`
+# outputs, and its threads.
+ANALYSIS_PARAMS = {"model": lambda wildcards: config["model"], "env": torch_env("analysis"),
+                   "figures": lambda wildcards, output: os.path.dirname(output.figure),
+                   "tables": lambda wildcards, output: os.path.dirname(output.table)}
 
 
 rule training_curves:
     localrule: True
     input: MAIN_RUNS
-    output: figure("norm_growth"), figure("cosine_drift"), f"{TABLES}/training_curves.csv", f"{TABLES}/final_norms.csv"
-    shell: "{PY} -m analysis.training_curves --runs {MAIN_RUN_DIRS:q} --figures {FIGURES:q} --tables {TABLES:q}"
+    output: figure=figure("norm_growth"), drift=figure("cosine_drift"), table=f"{TABLES}/training_curves.csv",
+            norms=f"{TABLES}/final_norms.csv"
+    params: runs=MAIN_RUN_DIRS, **ANALYSIS_PARAMS
+    log: log_of("analyses", "training_curves.log")
+    conda: CONDA_ENV
+    shell:
+        "python -m analysis.training_curves --runs {params.runs:q} --figures {params.figures:q}"
+        " --tables {params.tables:q} > {log:q} 2>&1"
 
 
 rule vocab_norms:
     input: MODEL_INPUT, MAIN_RUNS
-    output: figure("vocab_norms"), f"{TABLES}/vocab_norms.csv", f"{TABLES}/learned_norms.csv"
-    params: env=torch_env("analysis")
+    output: figure=figure("vocab_norms"), table=f"{TABLES}/vocab_norms.csv", learned=f"{TABLES}/learned_norms.csv"
+    params: runs=MAIN_RUN_DIRS, **ANALYSIS_PARAMS
     threads: threads("analysis")
     resources: **job_resources("analysis")
+    log: log_of("analyses", "vocab_norms.log")
+    conda: CONDA_ENV
     shell:
-        "{params.env} {PY} -m analysis.vocab_norms --model {config[model]:q} --runs {MAIN_RUN_DIRS:q}"
-        " --figures {FIGURES:q} --tables {TABLES:q}"
+        "{params.env} python -m analysis.vocab_norms --model {params.model:q} --runs {params.runs:q}"
+        " --figures {params.figures:q} --tables {params.tables:q} > {log:q} 2>&1"
 
 
 rule nearest_words:
     input: MODEL_INPUT, MAIN_RUNS
-    output: f"{TABLES}/nearest_words.csv"
-    params: env=torch_env("analysis")
+    output: table=f"{TABLES}/nearest_words.csv"
+    params:
+        runs=FIRST_RUN_DIRS, model=ANALYSIS_PARAMS["model"], env=ANALYSIS_PARAMS["env"],
+        tables=ANALYSIS_PARAMS["tables"],
     threads: threads("analysis")
     resources: **job_resources("analysis")
+    log: log_of("analyses", "nearest_words.log")
+    conda: CONDA_ENV
     shell:
-        "{params.env} {PY} -m analysis.nearest_words --model {config[model]:q} --runs {FIRST_RUN_DIRS:q}"
-        " --tables {TABLES:q}"
+        "{params.env} python -m analysis.nearest_words --model {params.model:q} --runs {params.runs:q}"
+        " --tables {params.tables:q} > {log:q} 2>&1"
 
 
 rule positional_probe:
     input: MODEL_INPUT, MAIN_RUNS
-    output: figure("positional_probe"), f"{TABLES}/positional_probe.csv"
+    output: figure=figure("positional_probe"), table=f"{TABLES}/positional_probe.csv"
     params:
-        env=torch_env("analysis"),
+        runs=FIRST_RUN_DIRS, seed=SEEDS[0], **ANALYSIS_PARAMS,
         rows=("--train-rows {} --test-rows {}".format(*ANALYSES["probe_rows"]) if "probe_rows" in ANALYSES else ""),
     threads: threads("analysis")
     resources: **job_resources("analysis")
+    log: log_of("analyses", "positional_probe.log")
+    conda: CONDA_ENV
     shell:
-        "{params.env} {PY} -m analysis.positional_probe --model {config[model]:q} --runs {FIRST_RUN_DIRS:q}"
-        " {params.rows} --seed {SEEDS[0]} --figures {FIGURES:q} --tables {TABLES:q}"
+        "{params.env} python -m analysis.positional_probe --model {params.model:q} --runs {params.runs:q}"
+        " {params.rows} --seed {params.seed} --figures {params.figures:q} --tables {params.tables:q} > {log:q} 2>&1"
 
 
 rule residual_stagnation:
     input: MODEL_INPUT, MAIN_RUNS
-    output: figure("residual_stagnation"), f"{TABLES}/residual_stagnation.csv"
-    params: env=torch_env("analysis"), initializer=ANALYSES.get("initializer", initializer_of("dti", SUBJECTS[0]))
+    output: figure=figure("residual_stagnation"), table=f"{TABLES}/residual_stagnation.csv"
+    params:
+        runs=FIRST_RUN_DIRS, **ANALYSIS_PARAMS,
+        initializer=ANALYSES.get("initializer", initializer_of("dti", SUBJECTS[0])),
     threads: threads("analysis")
     resources: **job_resources("analysis")
+    log: log_of("analyses", "residual_stagnation.log")
+    conda: CONDA_ENV
     shell:
-        "{params.env} {PY} -m analysis.residual_stagnation --model {config[model]:q} --runs {FIRST_RUN_DIRS:q}"
-        " --initializer {params.initializer:q} --figures {FIGURES:q} --tables {TABLES:q}"
+        "{params.env} python -m analysis.residual_stagnation --model {params.model:q} --runs {params.runs:q}"
+        " --initializer {params.initializer:q} --figures {params.figures:q} --tables {params.tables:q}"
+        " > {log:q} 2>&1"
 
 
 rule contextual_map:
     input: MODEL_INPUT, MAIN_RUNS
-    output: figure("contextual_map"), f"{TABLES}/contextual_map.csv"
+    output: figure=figure("contextual_map"), table=f"{TABLES}/contextual_map.csv"
     params:
-        env=torch_env("analysis"),
-        words=(" --related " + shlex.join(ANALYSES["related_words"]) if "related_words" in ANALYSES else "")
-              + (" --unrelated " + shlex.join(ANALYSES["unrelated_words"]) if "unrelated_words" in ANALYSES else ""),
+        runs=FIRST_RUN_DIRS, **ANALYSIS_PARAMS,
+        words="".join(f" --{kind} {shlex.join(ANALYSES[f'{kind}_words'])}" for kind in ("related", "unrelated")
+                      if f"{kind}_words" in ANALYSES),
     threads: threads("analysis")
     resources: **job_resources("analysis")
+    log: log_of("analyses", "contextual_map.log")
+    conda: CONDA_ENV
     shell:
-        "{params.env} {PY} -m analysis.contextual_map --model {config[model]:q} --runs {FIRST_RUN_DIRS:q}{params.words}"
-        " --figures {FIGURES:q} --tables {TABLES:q}"
+        "{params.env} python -m analysis.contextual_map --model {params.model:q} --runs {params.runs:q}{params.words}"
+        " --figures {params.figures:q} --tables {params.tables:q} > {log:q} 2>&1"
 
 
 PAIR = ANALYSES.get("interpolation", SUBJECTS[:2])
@@ -87,42 +109,106 @@ INTERPOLATED = ["dti", "ti"]  # the methods whose two concepts are interpolated 
 rule interpolation:
     input: a=run_embeds("{method}", PAIR[0], SEEDS[0]), b=run_embeds("{method}", PAIR[1], SEEDS[0])
     output:
-        report(f"{FIGURES}/interpolation_{{method}}/interpolation_grid.png", caption="../report/interpolation.rst",
-               category="Figures"),
-        f"{FIGURES}/interpolation_{{method}}/interpolation_scores.png",
-        f"{TABLES}/interpolation_{{method}}/interpolation.csv",
+        grid=report(f"{FIGURES}/interpolation_{{method}}/interpolation_grid_{{method}}.png",
+                    caption="../report/interpolation.rst", category="Figures"),
+        scores=report(f"{FIGURES}/interpolation_{{method}}/interpolation_scores_{{method}}.png",
+                      caption="../report/interpolation_scores.rst", category="Figures"),
+        table=f"{TABLES}/interpolation_{{method}}/interpolation.csv",
     wildcard_constraints: method="|".join(INTERPOLATED)
     params:
         env=torch_env("sample"),
         gpu=gpu_wrap("sample"),
         settings=settings(config["sample"].get("settings")),
         a=lambda wildcards, input: os.path.dirname(input.a), b=lambda wildcards, input: os.path.dirname(input.b),
-        refs=(f"--references-a {shlex.quote(DATA['images'] + '/' + PAIR[0])}"
-              f" --references-b {shlex.quote(DATA['images'] + '/' + PAIR[1])}"),
+        refs=(f"--references-a {shlex.quote(os.path.join(DATA['images'], PAIR[0]))}"
+              f" --references-b {shlex.quote(os.path.join(DATA['images'], PAIR[1]))}"),
         classes=f"--class-a {shlex.quote(TABLE[PAIR[0]]['class'])} --class-b {shlex.quote(TABLE[PAIR[1]]['class'])}",
+        prompts=f"--prompts {shlex.quote(DATA['prompt_set'])} --prompts-file {shlex.quote(DATA['prompts_file'])}",
+        seeds=SAMPLE_SEEDS,
+        metrics=f"--image-metric {IMAGE_METRIC} --text-metric {TEXT_METRIC} {MODEL_IDS}",
+        figures=lambda wildcards, output: os.path.dirname(output.grid),
+        tables=lambda wildcards, output: os.path.dirname(output.table),
+        work=lambda wildcards: os.path.join(OUT, "interpolation", wildcards.method),
     threads: threads("sample")
     resources: **job_resources("sample")
-    log: f"{OUT}/logs/interpolation_{{method}}.log"
+    log: log_of("interpolation_{method}.log")
+    conda: CONDA_ENV
     shell:
-        "{params.env} {params.gpu} {PY} -m analysis.interpolation --run-a {params.a:q} --run-b {params.b:q}"
-        " --prompts {DATA[prompt_set]:q} --prompts-file {DATA[prompts_file]:q} --seeds {SAMPLE_SEEDS}"
-        " {params.refs} {params.classes}"
-        " --image-metric {IMAGE_METRIC} --text-metric {TEXT_METRIC} {MODEL_IDS} {params.settings}"
-        " --figures {FIGURES:q}/interpolation_{wildcards.method:q}"
-        " --tables {TABLES:q}/interpolation_{wildcards.method:q}"
-        " --work {OUT:q}/interpolation/{wildcards.method:q} > {log:q} 2>&1"
+        "{params.env} {params.gpu} python -m analysis.interpolation --run-a {params.a:q} --run-b {params.b:q}"
+        " {params.prompts} --seeds {params.seeds} {params.refs} {params.classes} {params.metrics} {params.settings}"
+        " --figures {params.figures:q} --tables {params.tables:q} --work {params.work:q} > {log:q} 2>&1"
 
 
 rule ablation_view:
     localrule: True
     input: main=rules.aggregate_main.output.summary, ablation=rules.ablation_table.output.summary
-    output: figure("ablation_view"), f"{TABLES}/ablation_view.csv"
+    output: figure=figure("ablation_view"), table=f"{TABLES}/ablation_view.csv"
+    params:
+        metrics=f"--image-metric {IMAGE_METRIC} --text-metric {TEXT_METRIC}",
+        figures=ANALYSIS_PARAMS["figures"], tables=ANALYSIS_PARAMS["tables"],
+    log: log_of("analyses", "ablation_view.log")
+    conda: CONDA_ENV
     shell:
-        "{PY} -m analysis.ablation_view --main {input.main:q} --ablation {input.ablation:q}"
-        " --image-metric {IMAGE_METRIC} --text-metric {TEXT_METRIC} --figures {FIGURES:q} --tables {TABLES:q}"
+        "python -m analysis.ablation_view --main {input.main:q} --ablation {input.ablation:q} {params.metrics}"
+        " --figures {params.figures:q} --tables {params.tables:q} > {log:q} 2>&1"
+
+
+rule qualitative_grid:
+    # The paper's qualitative figure: per subject, its references, then methods x prompts at one sampling seed.
+    localrule: True
+    input:
+        manifests=expand(f"{SAMPLES}/manifest.csv", prefix=OUT, method=ALL_METHODS, subject=SUBJECTS, seed=SEEDS[0]),
+        images=IMAGES_INPUT,
+    output:
+        figures=[report(f"{FIGURES}/qualitative_grid_{subject}.png", caption="../report/qualitative_grid.rst",
+                        category="Figures", subcategory="Qualitative") for subject in SUBJECTS],
+        table=f"{TABLES}/qualitative_grid.csv",
+    params:
+        samples=lambda wildcards, input: str(Path(input.manifests[0]).parents[3]),  # <results>/samples
+        subjects=SUBJECTS, methods=ALL_METHODS, train_seed=SEEDS[0], seed=config["sample"]["seeds"][0],
+        figures=lambda wildcards, output: os.path.dirname(output.figures[0]),
+        tables=ANALYSIS_PARAMS["tables"],
+    log: log_of("analyses", "qualitative_grid.log")
+    conda: CONDA_ENV
+    shell:
+        "python -m analysis.qualitative_grid --samples {params.samples:q} --references {input.images:q}"
+        " --subjects {params.subjects:q} --methods {params.methods:q} --train-seed {params.train_seed}"
+        " --seed {params.seed} --figures {params.figures:q} --tables {params.tables:q} > {log:q} 2>&1"
 
 
 ANALYSIS_OUTPUTS = [rules.training_curves.output, rules.vocab_norms.output, rules.nearest_words.output,
                     rules.positional_probe.output, rules.residual_stagnation.output, rules.contextual_map.output,
                     expand(rules.interpolation.output, method=[m for m in INTERPOLATED if m in METHODS]),
-                    rules.ablation_view.output if ABLATION["cells"] else []]
+                    rules.qualitative_grid.output, rules.ablation_view.output if ABLATION["cells"] else []]
+
+
+rule job_costs:
+    # Last: the time and memory of every training, sampling and scoring job (their benchmark files).
+    localrule: True
+    input: rules.main_table.output, rules.ablation_table.output if ABLATION["cells"] else [], ANALYSIS_OUTPUTS
+    output: figure=figure("job_costs"), table=f"{TABLES}/job_costs.csv"
+    params:
+        results=lambda wildcards, output: os.path.dirname(os.path.dirname(output.table)),
+        figures=ANALYSIS_PARAMS["figures"], tables=ANALYSIS_PARAMS["tables"],
+    log: log_of("analyses", "job_costs.log")
+    conda: CONDA_ENV
+    shell:
+        "python -m analysis.job_costs --results {params.results:q} --figures {params.figures:q}"
+        " --tables {params.tables:q} > {log:q} 2>&1"
+
+
+rule claims:
+    # The claims table: each claim of the paper this run can test, from the tables above, with a verdict.
+    localrule: True
+    input: rules.main_table.output, rules.ablation_table.output if ABLATION["cells"] else [], ANALYSIS_OUTPUTS
+    output: md=report(f"{TABLES}/claims.md", caption="../report/claims.rst", category="Tables"), csv=f"{TABLES}/claims.csv"
+    params:
+        results=lambda wildcards, output: os.path.dirname(os.path.dirname(output.csv)),
+        tables=lambda wildcards, output: os.path.dirname(output.csv),
+        paper=config.get("paper_numbers") or "sdxl",  # the mini world: the SDXL numbers, as the nearest setting
+        metrics=f"--image-metric {IMAGE_METRIC} --text-metric {TEXT_METRIC}",
+    log: log_of("claims.log")
+    conda: CONDA_ENV
+    shell:
+        "python -m dti claims --results {params.results:q} --out {params.tables:q} --paper {params.paper:q}"
+        " {params.metrics} > {log:q} 2>&1"

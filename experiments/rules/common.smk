@@ -3,8 +3,10 @@ import os
 import re
 import shlex
 import sys
+from pathlib import Path
 
 import pandas as pd
+from snakemake.exceptions import WorkflowError
 from snakemake.utils import Paramspace
 
 from dti.config import TrainConfig, parse_m_star
@@ -18,7 +20,10 @@ from dti.sample import SampleConfig
 # Every value from the configuration or the subjects table reaches a shell command quoted: `{x:q}` in
 # the templates, shlex.quote in the helpers that build options. A path with a space stays one
 # argument, and `$(...)`, `;` or a backtick in a value is never run.
-PY = shlex.quote(sys.executable)  # the interpreter that runs Snakemake, so the installed dti is used
+# Jobs run plain `python -m dti ...`: the folder of the interpreter that runs Snakemake goes first on the
+# PATH, so jobs use the installed dti; under `--sdm conda` each job's activated environment comes before it.
+os.environ.update(PATH=os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")]))
+CONDA_ENV = "../../environment.yml"  # the project's environment (relative to experiments/rules/, as rules read it)
 # DreamBooth worlds: `--config protocol=dreambooth` switches to the classic benchmark (25 prompts,
 # DINO / CLIP-I / CLIP-T), with its own results folder.
 PROTOCOL = config.get("protocol", "paper")
@@ -90,7 +95,7 @@ def check_model(model: str):
     if os.path.exists(model):
         if not os.path.isfile(os.path.join(model, "model_index.json")):
             raise DTIError(f"{model!r} has no model_index.json (not a diffusers pipeline folder)")
-    elif model.startswith((".", "/", "~")) or not HUB_ID.fullmatch(model):
+    elif os.path.isabs(model) or model.startswith((".", "~")) or not HUB_ID.fullmatch(model):
         raise DTIError(f"{model!r}: no such local folder, and not a hub id (org/name)")
 
 
@@ -183,9 +188,9 @@ def resources(stage: str) -> dict:
 
 
 CPUS = os.cpu_count() or 1
-try:
+try:  # `workflow.local_exec`: tested with the Snakemake pinned in requirements.lock
     CORES = workflow.cores if workflow.local_exec else CPUS  # a cluster job gets its own CPUs
-except Exception:  # no --cores given (a dry run, or a cluster executor)
+except WorkflowError:  # no --cores given (a dry run, or a cluster executor)
     CORES = CPUS
 
 
@@ -210,7 +215,7 @@ def job_resources(stage: str) -> dict:
 
 def gpu_wrap(stage: str) -> str:
     """Jobs that need a GPU take a free one (python -m dti.gpu); Snakemake itself does not assign them."""
-    return f"{PY} -m dti.gpu --" if resources(stage).get("gpu", 0) else ""
+    return "python -m dti.gpu --" if resources(stage).get("gpu", 0) else ""
 
 
 def trained_methods_regex() -> str:
@@ -235,12 +240,12 @@ def run_embeds(method, subject, seed, prefix=OUT):
 # does not count, a `lambda wildcards` one does): keep templates, values and argument lists as
 # they are, or every finished job of the rule runs again.
 
-# `dti train` of one run, for the main runs (rule train) and the ablation cells (train_ablation):
+# `dti train` of one run, for the main runs (the train rule) and the ablation cells (train_ablation):
 # the rule gives it an `images` input and a log.
 def train_command(method: str) -> str:
     """``method``: a method's name, or "{wildcards.method}" for the rule's wildcard."""
-    return ("{params.env} {params.gpu} {PY} -m dti train --model {config[model]:q} --method " + method
-            + " --images {input.images:q}/{wildcards.subject:q} --placeholder {params.placeholder:q}"
+    return (f"{{params.env}} {{params.gpu}} python -m dti train --model {{params.model:q}} --method {method}"
+            " --images {params.images:q} --placeholder {params.placeholder:q}"
             " --initializer {params.initializer:q} --seed {wildcards.seed:q} --out {params.run:q} --resume"
             " {params.settings} > {log:q} 2>&1")
 
@@ -248,19 +253,23 @@ def train_command(method: str) -> str:
 def train_params(run, settings, method=None) -> dict:
     """The params train_command reads. ``run``: the run folder; ``settings``: the `--set` options (each
     a value or a function); ``method``: the method trained (None: the rule's wildcard)."""
-    return {"run": run, "placeholder": lambda wildcards: f"<{wildcards.subject}>",
+    return {"run": run, "model": lambda wildcards: config["model"], "placeholder": lambda wildcards: f"<{wildcards.subject}>",
+            "images": lambda wildcards, input: os.path.join(input.images, wildcards.subject),
             "initializer": lambda wildcards: initializer_of(method or wildcards.method, wildcards.subject),
             "settings": settings, "env": torch_env("train"), "gpu": gpu_wrap("train")}
 
 
 # `dti aggregate` of a rule's score files (its input) into one folder (summary.csv, per_subject.csv),
 # for the main table and the ablation's cells.
-AGGREGATE_COMMAND = "{PY} -m dti aggregate --scores {input:q} --subject-names {params.subjects:q} --out {params.out:q}"
+AGGREGATE_COMMAND = ("python -m dti aggregate --scores {input:q} --subject-names {params.subjects:q}"
+                     " {params.paired} --out {params.out:q} > {log:q} 2>&1")
 
 
-def aggregate_params(out, subjects: list[str]) -> dict:
-    """The params AGGREGATE_COMMAND reads. ``out``: the folder (a value or a function)."""
-    return {"out": out, "subjects": list(subjects)}
+def aggregate_params(subjects: list[str], paired_against: str | None = None) -> dict:
+    """The params AGGREGATE_COMMAND reads: the subjects, the folder of the rule's `summary` output, and the
+    method whose paired differences against every other method it writes (paired.csv), if any."""
+    return {"out": lambda wildcards, output: os.path.dirname(output.summary), "subjects": list(subjects),
+            "paired": f"--paired-against {shlex.quote(paired_against)}" if paired_against else ""}
 
 
 # A local base model is an input (its change reruns everything); a hub id is not a file.
@@ -271,7 +280,44 @@ SCORE = config["score"]
 MODEL_IDS = " ".join(f"--model-id {shlex.quote(f'{k}={v}')}" for k, v in sorted(SCORE.get("model_ids", {}).items()))
 ATTRIBUTES = (f"--prompt-sets {shlex.quote(DATA['prompts_file'])} --subjects {shlex.quote(DATA['subjects_file'])}"
               if SCORE["protocol"] == "mini" else "")
+PAPER_OPTION = f"--paper {shlex.quote(config['paper_numbers'])}" if config.get("paper_numbers") else ""
 PRESET_OPTION = f"--preset {shlex.quote(PRESET)}" if PRESET else ""  # the tables name it, and warn on a mismatch
 MASKS = f"--masks {shlex.quote(DATA['masks'])}" if DATA.get("masks") else ""
 IMAGE_METRIC, TEXT_METRIC = {"paper": ("dinov2", "siglip"), "dreambooth": ("dino", "clip_t"),
                              "mini": ("mini_patch", "mini_clip_t")}[SCORE["protocol"]]
+
+
+def scores_of(prefix, methods, subjects):
+    """Every seed's scores of the given methods and subjects, under ``prefix`` (SCORES: evaluate.smk)."""
+    return expand(SCORES, prefix=prefix, method=methods, subject=subjects, seed=SEEDS)
+
+
+# The ablation's folders (experiments/rules/ablation.smk): one per cell, named by its parameters.
+def cell_tables(cell: str) -> str:
+    """The aggregated scores of one cell (a folder name under ablation/; "default": the default DTI cell)."""
+    return f"{OUT}/ablation/{cell}/tables"
+
+
+def cell_summary(cell: str) -> str:
+    return f"{cell_tables(cell)}/summary.csv"
+
+
+def cell_label(row) -> str:
+    from dti.tables import cell_label as label
+
+    return label(row["direction_optimizer"], row["m_star"], row["kappa"])
+
+
+def figure(name: str, caption: str | None = None):
+    """A figure of the analyses (experiments/rules/analyses.smk), shown in the report with its caption."""
+    return report(f"{OUT}/figures/{name}.png", caption=f"../report/{caption or name}.rst", category="Figures")
+
+
+def log_of(*parts) -> str:
+    """A job's log file under the results folder."""
+    return os.path.join(OUT, "logs", *parts)
+
+
+def benchmark_of(*parts) -> str:
+    """A job's time and memory (Snakemake's benchmark file), summarised by the job_costs rule."""
+    return os.path.join(OUT, "benchmarks", *parts)

@@ -4,17 +4,21 @@
 rule dreambooth_data:
     output: directory("data/dreambooth")
     log: "data/logs/dreambooth.log"
-    shell: "{PY} -m dti data dreambooth --out {output:q} > {log:q} 2>&1"
+    conda: CONDA_ENV
+    shell: "python -m dti data dreambooth --out {output:q} > {log:q} 2>&1"
 
 
 rule mini_world:
     # Rebuild the mini world from its seed (resumable: the work folder keeps every stage's
     # checkpoints) and measure its quality gates. Compare with, or copy over, experiments/mini/world.
-    output: directory("results/mini_build/world"), "results/mini_build/gates/gates.json"
+    output: world=directory("results/mini_build/world"), gates="results/mini_build/gates/gates.json"
     threads: CORES
-    params: threads=min(CORES, CPUS), device=config.get("mini_world_device", "cpu")
+    params:
+        threads=min(CORES, CPUS), device=config.get("mini_world_device", "cpu"), work="results/mini_build/work",
+        gates=lambda wildcards, output: os.path.dirname(output.gates),
     log: "results/mini_build/build.log"
+    conda: CONDA_ENV
     shell:
-        "({PY} -m miniworld.build --work results/mini_build/work --out {output[0]:q} --threads {params.threads}"
-        " --device {params.device:q} && {PY} -m miniworld.gates --world {output[0]:q} --out results/mini_build/gates"
+        "(python -m miniworld.build --work {params.work:q} --out {output.world:q} --threads {params.threads}"
+        " --device {params.device:q} && python -m miniworld.gates --world {output.world:q} --out {params.gates:q}"
         " --threads {params.threads} --device {params.device:q}) > {log:q} 2>&1"

@@ -7,7 +7,12 @@ rule check_reference:
     input: rules.main_table.output, rules.ablation_table.output if ABLATION["cells"] else [], ANALYSIS_OUTPUTS,
            reference=config.get("reference") or []
     output: f"{OUT}/reference_check.txt"
-    shell: "{PY} -m dti.reference check --results {OUT:q} --reference {input.reference:q} | tee {output:q}"
+    params: results=lambda wildcards, output: os.path.dirname(output[0])
+    log: log_of("check_reference.log")
+    conda: CONDA_ENV
+    shell:
+        "python -m dti.reference check --results {params.results:q} --reference {input.reference:q} 2> {log:q}"
+        " | tee {output:q}"
 
 
 REFERENCE_OUTPUTS = [rules.check_reference.output] if config.get("reference") else []

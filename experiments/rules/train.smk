@@ -10,7 +10,9 @@ rule train:
                        settings=lambda wildcards: settings(method_train(wildcards.method))),
     threads: threads("train")
     resources: **job_resources("train")
-    log: f"{OUT}/logs/train/{{method}}_{{subject}}_seed{{seed}}.log"
+    log: log_of("train", "{method}_{subject}_seed{seed}.log")
+    benchmark: benchmark_of("train", "{method}_{subject}_seed{seed}.tsv")
+    conda: CONDA_ENV
     shell: train_command("{wildcards.method:q}")
 
 
@@ -18,10 +20,10 @@ rule rescale:
     input: ti=run_embeds("ti", "{subject}", "{seed}")
     output: embeds=run_embeds("ti_rescaled", "{subject}", "{seed}")
     params:
-        run=lambda wildcards: run_dir("ti", wildcards.subject, wildcards.seed),
-        out=lambda wildcards: run_dir("ti_rescaled", wildcards.subject, wildcards.seed),
+        run=lambda wildcards, input: os.path.dirname(input.ti),
+        out=lambda wildcards, output: os.path.dirname(output.embeds),
+        stat=config["rescale_stat"],
     resources: mem_mb=2000, runtime=10
-    log: f"{OUT}/logs/rescale/{{subject}}_seed{{seed}}.log"
-    shell:
-        "{PY} -m dti rescale --run {params.run:q} --stat {config[rescale_stat]:q} --out {params.out:q}"
-        " > {log:q} 2>&1"
+    log: log_of("rescale", "{subject}_seed{seed}.log")
+    conda: CONDA_ENV
+    shell: "python -m dti rescale --run {params.run:q} --stat {params.stat:q} --out {params.out:q} > {log:q} 2>&1"
