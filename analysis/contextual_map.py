@@ -88,8 +88,9 @@ def plot(df: pd.DataFrame, out_dir: Path, labels: dict | None = None):
         learned = panel[panel["kind"] == "learned"]
         for method in method_order(learned["method"]):  # hollow, so that tokens at one spot all show
             g = learned[learned["method"] == method]
+            count = f" ({len(g)} tokens)" if len(g) > 1 else ""
             ax.scatter(g["pc1"], g["pc2"], s=70, marker=marker(method), facecolors="none", lw=1.4,
-                       edgecolors=colour(method), label=method_label(method), zorder=3)
+                       edgecolors=colour(method), label=method_label(method) + count, zorder=3)
         ax.set_xlabel("principal component 1 (of the words)")
         ax.set_ylabel("principal component 2")
         ax.set_title(labels.get(enc, enc))
@@ -98,10 +99,16 @@ def plot(df: pd.DataFrame, out_dir: Path, labels: dict | None = None):
     fig.tight_layout()
     for ax, enc in zip(axes[0], encoders):  # labels last: they are placed in the final layout
         panel = df[df["encoder"] == enc]
+        learned = panel["kind"] == "learned"
+        if panel.loc[learned, "method"].duplicated().any():  # many tokens per method: the legend names them
+            marks = [(x, y, x, y) for x, y in zip(panel.loc[learned, "pc1"], panel.loc[learned, "pc2"])]
+            panel = panel[~learned]
+        else:
+            marks = []
         shown = [WORD_COLOURS.get(k, colour(m)) for k, m in zip(panel["kind"], panel["method"])]
         texts = [method_label(m) if k == "learned" else w for k, m, w in zip(panel["kind"], panel["method"],
                                                                             panel["label"])]
-        place_labels(ax, panel["pc1"].to_numpy(), panel["pc2"].to_numpy(), texts, shown)
+        place_labels(ax, panel["pc1"].to_numpy(), panel["pc2"].to_numpy(), texts, shown, obstacles=marks)
     save_figure(fig, out_dir, "contextual_map",
                 "Last-layer hidden states at the token's position in 'a photo of a ...' for related and unrelated "
                 "words and each method's learned token, projected on the words' first two principal components.")

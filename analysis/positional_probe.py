@@ -132,11 +132,15 @@ def probe_model(model: str, run_dirs=(), scales=SCALES, seed: int = 0, encoders=
 NUDGE = 1.1  # learned tokens are spread sideways by method (x this factor per method) so that none hides another
 
 
-def _legend(methods: list[str]) -> list:
-    """Colour says the method, the marker how the token was fed: one entry each, all of them drawn."""
+def _legend(methods: list[str], counts: dict | None = None) -> list:
+    """Colour says the method (with its number of learned vectors), the marker how the token was fed: one
+    entry each, all of them drawn."""
+    counts = counts or {}
     handles = [Line2D([], [], marker="o", color="0.2", label="vocabulary directions"),
                Line2D([], [], ls=":", color="0.6", label="chance")]
-    handles += [Line2D([], [], ls="", marker="o", color=colour(m), label=method_label(m)) for m in methods]
+    handles += [Line2D([], [], ls="", marker="o", color=colour(m),
+                       label=method_label(m) + (f" ({counts[m]} vectors)" if counts.get(m, 1) > 1 else ""))
+                for m in methods]
     handles += [Line2D([], [], ls="", marker="D", ms=5, color="0.3", label="learned token, as trained"),
                 Line2D([], [], ls="", marker="s", ms=9, mfc="none", mec="0.3", label="same direction at the mean norm")]
     return handles
@@ -171,9 +175,11 @@ def plot_probe(df: pd.DataFrame, out_dir: Path, name: str = "positional_probe", 
         ax.set_ylim(-0.03, 1.03)
         ax.set_xlabel("token norm / vocabulary mean norm")
         ax.set_ylabel("position-probe accuracy (all positions)")
-        drawn = (ax, methods)
+        counts = learned[learned["condition"] == "learned"].groupby("method").size().to_dict()
+        drawn = (ax, methods, counts)
     if drawn:
-        drawn[0].legend(handles=_legend(drawn[1]), fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
+        drawn[0].legend(handles=_legend(drawn[1], drawn[2]), fontsize=7, loc="center left",
+                        bbox_to_anchor=(1.02, 0.5))
     save_figure(fig, out_dir, name,
                 "Accuracy of an MLP probe reading the position from the first block's normalised input "
                 "LN1(e + p_pos), over all positions, against the token's norm relative to the vocabulary mean "

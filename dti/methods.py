@@ -101,6 +101,10 @@ class Method:
     def file_metadata(self) -> dict:
         return {"m_star": "", "kappa": ""}
 
+    def prior_ratios(self, grads: list[torch.Tensor]) -> list[torch.Tensor] | None:
+        """Per encoder and vector, the prior's pull against the data gradient's size (None: no prior)."""
+        return None
+
     def _adamw(self, weight_decay: float, lr: float | None = None):
         cfg = self.cfg
         return torch.optim.AdamW(self.params, lr=cfg.lr if lr is None else lr,
@@ -170,6 +174,17 @@ class DirectionalTextualInversion(Method):
         if self.cfg.direction_optimizer == "adamw":
             for v in self.params:
                 v.div_(v.norm(dim=1, keepdim=True))
+
+    @torch.no_grad()
+    def prior_ratios(self, grads):
+        """kappa / |dL/dv| per vector (|mu| = 1): the prior's share of a step before normalisation. kappa is
+        absolute, so the same value is strong where data gradients are small and inert where they are large."""
+        out = []
+        for g, mu in zip(grads, self.mu):
+            if self.cfg.direction_optimizer == "adamw" and self.cfg.kappa > 0:
+                g = g + self.cfg.kappa * mu.to(g.device)  # that gradient holds the prior's loss term: take it out
+            out.append(self.cfg.kappa / g.float().norm(dim=1).clamp_min(1e-30))
+        return out
 
     def metadata(self):
         return {"m_star": self.cfg.m_star, "m_star_values": self.norms, "kappa": self.cfg.kappa,

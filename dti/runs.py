@@ -10,6 +10,8 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
+import math
+import statistics
 import sys
 from pathlib import Path
 
@@ -20,7 +22,7 @@ from .families import ENCODER_FILES, SDXL_SINGLE_FILE
 from .io import DTIError, exclusive, load_tensors, read_json, save_tensors
 
 LOG_FIELDS = ["step", "encoder", "vector", "loss", "norm", "cos_to_initializer", "cos_to_initial",
-              "angle_deg", "grad_norm", "update_norm", "lr"]
+              "angle_deg", "grad_norm", "update_norm", "lr", "prior_ratio"]
 CHECKPOINT = "checkpoint.safetensors"
 RECORD = "run.json"
 LOG = "train_log.csv"
@@ -129,21 +131,37 @@ def load_checkpoint(path: Path, method, optimizer, gen: torch.Generator) -> int:
     return int(meta["step"])
 
 
+def log_columns(path: Path) -> list[str]:
+    with path.open(newline="") as f:
+        return next(csv.reader(f), [])
+
+
+def log_median(path: Path, column: str) -> float | None:
+    """The median of ``column`` over a step log's training steps (step >= 1), None when it has no value there."""
+    with path.open(newline="") as f:
+        rows = [r for r in csv.DictReader(f) if int(r["step"]) >= 1 and r.get(column) not in (None, "")]
+    values = [v for v in (float(r[column]) for r in rows) if math.isfinite(v)]
+    return statistics.median(values) if values else None
+
+
 class StepLog:
     """``train_log.csv``, opened once per run (appending on resume), flushed after every step so
     that it can be watched while training runs."""
 
     def __init__(self, path: Path):
         new = not path.exists()
+        # A log begun by an older version keeps its own columns (a resumed run's rows stay aligned).
+        fields = LOG_FIELDS if new else (log_columns(path) or LOG_FIELDS)
         self.file = path.open("a", newline="")
-        self.writer = csv.DictWriter(self.file, fieldnames=LOG_FIELDS)
+        self.writer = csv.DictWriter(self.file, fieldnames=fields, extrasaction="ignore")
         if new:
             self.writer.writeheader()
 
     def write(self, step, loss, embeds, initial, init_rows, before=None, grads=None, updates=None,
-              lr=float("nan")) -> list[dict]:
+              lr=float("nan"), prior=None) -> list[dict]:
         """One row per encoder and vector: norm, cosines to the initializer word and the initial
-        vector, the angle moved since ``before``, gradient and normalised update norms. Returns the rows."""
+        vector, the angle moved since ``before``, gradient and normalised update norms, and the prior's
+        relative strength (``Method.prior_ratios``). Returns the rows."""
         cos = torch.nn.functional.cosine_similarity
         nan = float("nan")
         rows = []
@@ -158,7 +176,7 @@ class StepLog:
                     "angle_deg": angle[j].item() if angle is not None else nan,
                     "grad_norm": grads[enc][j].norm().item() if grads else nan,
                     "update_norm": updates[enc][j].norm().item() if updates else nan,
-                    "lr": lr,
+                    "lr": lr, "prior_ratio": prior[enc][j].item() if prior else nan,
                 })
         self.writer.writerows(rows)
         self.file.flush()

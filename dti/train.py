@@ -22,7 +22,7 @@ from .io import (DTIError, atomic_path, content_digest, model_stamp, one_line, p
                  write_json)
 from .methods import method_class
 from .runs import (CHECKPOINT, LOG, RECORD, StepLog, check_run_folder, check_vectors, folder_lock, load_checkpoint,
-                   run_state, save_checkpoint)
+                   log_median, run_state, save_checkpoint)
 from .sample import SampleConfig, make_images, pipeline_call
 
 VALIDATION = "validation"  # <run>/validation/step<NNNNN>_<i>.png
@@ -129,7 +129,9 @@ def _train_locked(cfg, out_dir: Path, resume: bool, family, image_paths: list[Pa
     trainer.family.write_embedding_files(out_dir, trainer.family.tokens[0], final, meta)
     save_checkpoint(out_dir / CHECKPOINT, step, trainer.method, trainer.optimizer, trainer.gen)
     record.update(status="complete",
-                  final_norms={s.name: e.norm(dim=1).tolist() for s, e in zip(trainer.slots, final)})
+                  final_norms={s.name: e.norm(dim=1).tolist() for s, e in zip(trainer.slots, final)},
+                  # how much the prior weighs against the data gradients (DTI; None without a prior)
+                  prior_ratio_median=log_median(out_dir / LOG, "prior_ratio"))
     write_json(record, out_dir / RECORD)
     return out_dir
 
@@ -240,7 +242,8 @@ class Trainer:
                 with torch.no_grad():
                     grads = [p.grad.detach().clone() for p in method.params]
                     updates = [(p - q) / self.lr for p, q in zip(method.params, params_before)]
-                rows = log.write(step, loss, after, initial, init_rows, before, grads, updates, self.lr)
+                rows = log.write(step, loss, after, initial, init_rows, before, grads, updates, self.lr,
+                                 method.prior_ratios(grads))
                 self.board(board, step, rows)
                 if self.validation and (step % cfg.validation_every == 0 or step == cfg.steps):
                     self.validate(out_dir, step, board)

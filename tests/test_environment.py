@@ -46,3 +46,14 @@ def test_this_interpreter_has_the_locked_versions():
         if req.marker is not None and not Marker(str(req.marker)).evaluate():
             continue  # not for this platform
         assert metadata.version(name) == next(iter(req.specifier)).version, name
+
+
+def test_snakemake_conda_environments_install_the_project_after_the_pins():
+    """`--sdm conda` copies environment.yml next to the environment it builds, so the file must not install the
+    project by a relative path; the post-deploy script beside it (Snakemake finds it by the file's name) does."""
+    pip = [line.strip() for line in (ROOT / "environment.yml").read_text().splitlines() if line.startswith("      - ")]
+    assert pip and not any(line.startswith(("- '-e", '- "-e', "- -e")) for line in pip)
+    script = ROOT / "environment.post-deploy.sh"
+    assert script.is_file() and "pip install --no-deps -e" in script.read_text()
+    done = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr

@@ -399,3 +399,33 @@ def test_a_validation_that_cannot_run_stops_before_the_first_step(tiny_models, r
         train(cfg, tmp_path / "run")
     assert {r["step"] for r in read_log(tmp_path / "run")} == {0}
     assert not (tmp_path / "run" / "checkpoint.safetensors").exists()
+
+
+def test_prior_strength_is_logged_against_the_data_gradient(tiny_models, ref_images, tmp_path):
+    """prior_ratio = kappa / |dL/dv| per vector: with RSGD the logged gradient is the data gradient alone, so
+    ratio x grad_norm = kappa; with AdamW the gradient holds the prior's loss term, which the ratio leaves
+    out; TI has no prior. run.json keeps the median, and analysis.step_sizes the angles: RSGD turns v by
+    exactly atan(lr) per step."""
+    from analysis.step_sizes import step_sizes
+
+    kappa = 1e-3
+    rsgd = train(make_cfg("sd", "dti", tiny_models["sd"], ref_images, steps=3, kappa=kappa), tmp_path / "rsgd")
+    log = [r for r in read_log(rsgd) if r["step"] >= 1]
+    assert all(r["prior_ratio"] * r["grad_norm"] == pytest.approx(kappa, rel=1e-4) for r in log)
+    record = read_run(rsgd)[0]
+    assert record["prior_ratio_median"] == pytest.approx(float(np.median([r["prior_ratio"] for r in log])))
+    sizes = step_sizes(rsgd)
+    assert sizes["median_angle_deg"] == pytest.approx(np.degrees(np.arctan(0.04)), abs=1e-3)
+    assert sizes["prior_ratio_median"] == pytest.approx(record["prior_ratio_median"])
+
+    adamw = train(make_cfg("sd", "dti", tiny_models["sd"], ref_images, steps=3, kappa=kappa,
+                           direction_optimizer="adamw"), tmp_path / "adamw")
+    log = [r for r in read_log(adamw) if r["step"] >= 1]
+    # |dL/dv - kappa mu| differs from |dL/dv|: the ratio is not kappa / grad_norm, but is finite and positive
+    assert all(0 < r["prior_ratio"] < float("inf") for r in log)
+    assert any(r["prior_ratio"] * r["grad_norm"] != pytest.approx(kappa, rel=1e-6) for r in log)
+    assert step_sizes(adamw)["lr"] == resolve_config(make_cfg("sd", "dti", tiny_models["sd"], ref_images)).adamw_lr
+
+    ti = train(make_cfg("sd", "ti", tiny_models["sd"], ref_images, steps=2), tmp_path / "ti")
+    assert all(np.isnan(r["prior_ratio"]) for r in read_log(ti))
+    assert read_run(ti)[0]["prior_ratio_median"] is None

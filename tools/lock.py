@@ -50,16 +50,19 @@ def lock_text(lines: list[str]) -> str:
 
 
 def env_text(lines: list[str]) -> str:
-    """environment.yml: conda's Python, then every pin through pip, then the project (editable)."""
+    """environment.yml: conda's Python, then every pin through pip. Not the project itself: Snakemake's
+    ``--sdm conda`` builds from a copy of this file elsewhere, where a relative ``-e .`` would miss the checkout,
+    so environment.post-deploy.sh (run by Snakemake after it builds the environment) installs it."""
     python = ".".join(platform.python_version_tuple()[:2])
     for line in Path(LOCK).read_text().splitlines():
         if line.startswith("# The tested set") and "(Python " in line:
             python = ".".join(line.split("(Python ")[1].split(",")[0].split(".")[:2])
     out = ["# Generated from requirements.lock by `python tools/lock.py env`: do not edit by hand.",
+           "# Then the project: `conda env create -f environment.yml && conda activate dti && pip install -e .`",
+           "# (snakemake --sdm conda does that step itself, with environment.post-deploy.sh).",
            "name: dti", "channels:", "  - conda-forge", "dependencies:", f"  - python={python}", "  - pip",
            "  - pip:"]
     out += [f"      - '{line}'" for line in lines]
-    out.append("      - '-e .'  # the project (pip runs in this file's folder)")
     return "\n".join(out) + "\n"
 
 

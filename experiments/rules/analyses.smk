@@ -4,7 +4,8 @@
 ANALYSES = config.get("analyses", {})
 MAIN_RUNS = expand(run_embeds("{method}", "{subject}", "{seed}"), method=ALL_METHODS, subject=SUBJECTS, seed=SEEDS)
 MAIN_RUN_DIRS = [os.path.dirname(f) for f in MAIN_RUNS]  # lists: `{X:q}` quotes each folder
-# Analyses that place each method's token among words use one subject, so figures stay legible.
+# The nearest words and the residual analysis show one subject's tokens; the probe and the contextual map take
+# every run, so that the claims resting on them have a token per subject and seed.
 FIRST_RUN_DIRS = [run_dir(m, SUBJECTS[0], SEEDS[0]) for m in ALL_METHODS]
 FIGURES, TABLES = f"{OUT}/figures", f"{OUT}/tables"
 # What an analysis reads: the base model (a hub id or a folder), the folders of its `figure` and `table`
@@ -59,7 +60,7 @@ rule positional_probe:
     input: MODEL_INPUT, MAIN_RUNS
     output: figure=figure("positional_probe"), table=f"{TABLES}/positional_probe.csv"
     params:
-        runs=FIRST_RUN_DIRS, seed=SEEDS[0], **ANALYSIS_PARAMS,
+        runs=MAIN_RUN_DIRS, seed=SEEDS[0], **ANALYSIS_PARAMS,
         rows=("--train-rows {} --test-rows {}".format(*ANALYSES["probe_rows"]) if "probe_rows" in ANALYSES else ""),
     threads: threads("analysis")
     resources: **job_resources("analysis")
@@ -90,7 +91,7 @@ rule contextual_map:
     input: MODEL_INPUT, MAIN_RUNS
     output: figure=figure("contextual_map"), table=f"{TABLES}/contextual_map.csv"
     params:
-        runs=FIRST_RUN_DIRS, **ANALYSIS_PARAMS,
+        runs=MAIN_RUN_DIRS, **ANALYSIS_PARAMS,
         words="".join(f" --{kind} {shlex.join(ANALYSES[f'{kind}_words'])}" for kind in ("related", "unrelated")
                       if f"{kind}_words" in ANALYSES),
     threads: threads("analysis")
@@ -153,6 +154,23 @@ rule ablation_view:
         " --figures {params.figures:q} --tables {params.tables:q} > {log:q} 2>&1"
 
 
+ABLATION_RUNS = [run_embeds("dti", subject, seed, prefix=f"{OUT}/ablation/{pattern}")
+                 for pattern in CELLS.instance_patterns for subject in ABLATION_SUBJECTS for seed in SEEDS]
+
+
+rule step_sizes:
+    # Per run: the angle turned per step, and the vMF prior's weight against the data gradients (kappa / |dL/dv|).
+    localrule: True
+    input: MAIN_RUNS, ABLATION_RUNS
+    output: table=f"{TABLES}/step_sizes.csv"
+    params:
+        runs=lambda wildcards, input: [os.path.dirname(f) for f in input],
+        tables=ANALYSIS_PARAMS["tables"],
+    log: log_of("analyses", "step_sizes.log")
+    conda: CONDA_ENV
+    shell: "python -m analysis.step_sizes --runs {params.runs:q} --tables {params.tables:q} > {log:q} 2>&1"
+
+
 rule qualitative_grid:
     # The paper's qualitative figure: per subject, its references, then methods x prompts at one sampling seed.
     localrule: True
@@ -179,7 +197,8 @@ rule qualitative_grid:
 ANALYSIS_OUTPUTS = [rules.training_curves.output, rules.vocab_norms.output, rules.nearest_words.output,
                     rules.positional_probe.output, rules.residual_stagnation.output, rules.contextual_map.output,
                     expand(rules.interpolation.output, method=[m for m in INTERPOLATED if m in METHODS]),
-                    rules.qualitative_grid.output, rules.ablation_view.output if ABLATION["cells"] else []]
+                    rules.qualitative_grid.output, rules.step_sizes.output,
+                    rules.ablation_view.output if ABLATION["cells"] else []]
 
 
 rule job_costs:

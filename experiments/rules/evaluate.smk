@@ -13,7 +13,8 @@ rule sample:
         run=lambda wildcards, input: os.path.dirname(input.run),
         out=lambda wildcards, output: os.path.dirname(output.manifest),
         settings=settings(config["sample"].get("settings")),
-        data=DATA,
+        prompts=(f"--prompts {shlex.quote(DATA['prompt_set'])} --prompts-file {shlex.quote(DATA['prompts_file'])}"
+                 f" --subjects-file {shlex.quote(DATA['subjects_file'])}"),
         seeds=SAMPLE_SEEDS,
         env=torch_env("sample"),
         gpu=gpu_wrap("sample"),
@@ -24,9 +25,7 @@ rule sample:
     conda: CONDA_ENV
     shell:
         "{params.env} {params.gpu} python -m dti sample --run {params.run:q} --out {params.out:q}"
-        " --subject {wildcards.subject:q} --prompts {params.data[prompt_set]:q}"
-        " --prompts-file {params.data[prompts_file]:q} --subjects-file {params.data[subjects_file]:q}"
-        " --seeds {params.seeds} {params.settings} > {log:q} 2>&1"
+        " --subject {wildcards.subject:q} {params.prompts} --seeds {params.seeds} {params.settings} > {log:q} 2>&1"
 
 
 rule score:
