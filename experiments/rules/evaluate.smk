@@ -52,8 +52,8 @@ rule aggregate_main:
     localrule: True
     input: scores_of(OUT, ALL_METHODS, SUBJECTS)
     output: summary=f"{MAIN_SCORES}/summary.csv", per_subject=f"{MAIN_SCORES}/per_subject.csv",
-            paired=f"{MAIN_SCORES}/paired.csv"
-    params: **aggregate_params(SUBJECTS, paired_against="dti")
+            paired=[f"{MAIN_SCORES}/paired.csv"] if "dti" in METHODS else []  # DTI minus each other method
+    params: **aggregate_params(SUBJECTS, paired_against="dti" if "dti" in METHODS else None)
     log: log_of("aggregate_main.log")
     conda: CONDA_ENV
     shell: AGGREGATE_COMMAND
