@@ -16,6 +16,7 @@ import torch  # noqa: E402
 from analysis.labels import encoder_label  # noqa: E402
 from dti.embeddings import read_run, run_method  # noqa: E402
 from dti.families import FAMILIES, detect_family  # noqa: E402
+from dti.inspection import text_encoders  # noqa: E402
 from dti.io import atomic_path, read_json  # noqa: E402
 
 
@@ -39,19 +40,9 @@ class TextEncoder:
 
 def load_text_encoders(model: str, device: str = "cpu") -> list[TextEncoder]:
     """Only the tokenizers and text encoders of a diffusers pipeline (hub id or folder), float32, eval."""
-    import transformers
-    from diffusers import DiffusionPipeline
-
     family = FAMILIES[detect_family(model)]
-    index = DiffusionPipeline.load_config(model)
-    out = []
-    for enc_name, tok_name in zip(family.encoder_names, family.tokenizer_names):
-        # the classes the pipeline itself uses (model_index.json), e.g. CLIPTextModelWithProjection
-        tokenizer = getattr(transformers, index[tok_name][1]).from_pretrained(model, subfolder=tok_name)
-        encoder_cls = getattr(transformers, index[enc_name][1])
-        encoder = encoder_cls.from_pretrained(model, subfolder=enc_name, dtype=torch.float32).to(device).eval()
-        out.append(TextEncoder(enc_name, tokenizer, encoder.requires_grad_(False), family.name))
-    return out
+    return [TextEncoder(name, tokenizer, encoder.to(device), family.name)
+            for name, tokenizer, encoder in text_encoders(model, family, dtype=torch.float32)]
 
 
 def learned_vectors(run_dirs) -> list[dict]:

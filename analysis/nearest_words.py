@@ -8,9 +8,9 @@ import argparse
 from pathlib import Path
 
 import pandas as pd
-import torch
 
 from analysis.common import learned_vectors, load_text_encoders, write_csv
+from dti.inspection import nearest
 
 
 def nearest_words(encoders, runs: list[dict], k: int = 10) -> pd.DataFrame:
@@ -20,12 +20,8 @@ def nearest_words(encoders, runs: list[dict], k: int = 10) -> pd.DataFrame:
         for enc_name, vectors in run["vectors"].items():
             enc = by_name[enc_name]
             table = enc.table
-            unit = torch.nn.functional.normalize(table, dim=1)
             for j, v in enumerate(vectors.float()):
-                cos = unit @ torch.nn.functional.normalize(v, dim=0)
-                dist = (table - v).norm(dim=1)
-                for by, values, largest in (("cosine", cos, True), ("euclidean", dist, False)):
-                    top = torch.topk(values, k, largest=largest)
+                for by, top in zip(("cosine", "euclidean"), nearest(table, v, k)):
                     for rank, (value, idx) in enumerate(zip(top.values.tolist(), top.indices.tolist()), 1):
                         rows.append({"method": run["method"], "run": run["run"], "encoder": enc_name, "vector": j,
                                      "by": by, "rank": rank, "token": enc.tokenizer.convert_ids_to_tokens(idx),

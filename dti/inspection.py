@@ -23,25 +23,37 @@ from .runs import model_revision
 TOP = 5
 
 
-def load_vocabularies(model: str, family, revision: str | None = None) -> list[tuple]:
-    """(tokenizer, float32 input-embedding table) per text encoder of a diffusers pipeline, read with
-    the classes its model_index.json names."""
+def text_encoders(model: str, family, revision: str | None = None, dtype="auto"):
+    """(component name, tokenizer, frozen encoder in eval mode) per text encoder of a diffusers pipeline,
+    read with the classes its model_index.json names (e.g. CLIPTextModelWithProjection), one at a time."""
     import transformers
     from diffusers import DiffusionPipeline
 
     try:
         index = DiffusionPipeline.load_config(model, revision=revision)
-        out = []
         for enc_name, tok_name in zip(family.encoder_names, family.tokenizer_names):
             tokenizer = getattr(transformers, index[tok_name][1]).from_pretrained(model, subfolder=tok_name,
                                                                                   revision=revision)
             encoder = getattr(transformers, index[enc_name][1]).from_pretrained(model, subfolder=enc_name,
-                                                                                revision=revision, dtype="auto")
-            out.append((tokenizer, encoder.get_input_embeddings().weight.detach().float()))
-            del encoder
+                                                                                revision=revision, dtype=dtype)
+            yield enc_name, tokenizer, encoder.eval().requires_grad_(False)
     except Exception as exc:  # noqa: BLE001 - the loaders raise many types; report one line
         raise DTIError(f"cannot load the text encoders of {model!r}: {one_line(exc)}") from None
-    return out
+
+
+def load_vocabularies(model: str, family, revision: str | None = None) -> list[tuple]:
+    """(tokenizer, float32 input-embedding table) per text encoder; each encoder is dropped once read."""
+    return [(tokenizer, encoder.get_input_embeddings().weight.detach().float())
+            for _, tokenizer, encoder in text_encoders(model, family, revision)]
+
+
+def nearest(table: torch.Tensor, v: torch.Tensor, k: int):
+    """The ``k`` vocabulary rows nearest ``v`` by cosine (largest first) and by Euclidean distance (smallest
+    first), as (values, indices) pairs: the two rankings differ for a vector far off the vocabulary's norm."""
+    v = v.float()
+    cos = F.normalize(table, dim=1) @ F.normalize(v, dim=0)
+    dist = (table - v).norm(dim=1)
+    return torch.topk(cos, min(k, len(cos))), torch.topk(dist, min(k, len(dist)), largest=False)
 
 
 def _token(tokenizer, idx: int) -> str:
@@ -54,10 +66,7 @@ def vector_report(v: torch.Tensor, table: torch.Tensor, tokenizer, init_row: tor
     norms = table.norm(dim=1)
     norms = norms[norms > 0]  # as the vocabulary statistics count them
     norm = v.norm().item()
-    cos = F.normalize(table, dim=1) @ F.normalize(v, dim=0)
-    dist = (table - v).norm(dim=1)
-    by_cos = torch.topk(cos, min(top, len(cos)))
-    by_dist = torch.topk(dist, min(top, len(dist)), largest=False)
+    by_cos, by_dist = nearest(table, v, top)
     angle = math.degrees(math.acos(max(-1.0, min(1.0, F.cosine_similarity(v, init_row.float(), dim=0).item()))))
     return {
         "norm": norm,
