@@ -62,21 +62,31 @@ def _protocols() -> list[str]:
     return sorted(PROTOCOLS)
 
 
+# What a --run object of `dti train` may set: the per-run flags, and "set" (a list of KEY=VALUE).
+RUN_KEYS = ("out", "method", "images", "placeholder", "initializer", "seed", "steps", "set")
+
+
 def _add_train(p):
     p.add_argument("--model", required=True, help="base pipeline: hub id or local diffusers directory")
     p.add_argument("--revision", help="hub id only: the model's branch, tag or commit (default: main)")
-    p.add_argument("--method", required=True, choices=trained_methods(), help=", ".join(trained_methods()))
-    p.add_argument("--images", required=True, help="folder of the subject's reference images")
-    p.add_argument("--placeholder", required=True, help="new token for the subject, e.g. <sks>")
-    p.add_argument("--initializer", required=True, help="word(s) whose rows initialise the vectors")
+    p.add_argument("--method", choices=trained_methods(), help=", ".join(trained_methods()))
+    p.add_argument("--images", help="folder of the subject's reference images")
+    p.add_argument("--placeholder", help="new token for the subject, e.g. <sks>")
+    p.add_argument("--initializer", help="word(s) whose rows initialise the vectors")
     p.add_argument("--steps", type=int, help="optimisation steps (default: the family's protocol)")
-    p.add_argument("--out", required=True, help="run directory to write")
+    p.add_argument("--out", help="run directory to write")
     p.add_argument("--seed", type=int, default=42, help="seed of every random draw (default 42)")
     p.add_argument("--resume", action="store_true",
                    help="continue the run in --out from its last checkpoint (from step 0 if its base model or "
                         "photos changed since)")
     p.add_argument("--set", dest="assignments", action="append", default=[], metavar="KEY=VALUE",
                    help="override a configuration key (repeatable; keys listed below)")
+    p.add_argument("--run", dest="runs", action="append", default=[], metavar="JSON",
+                   help="one run of a group (repeatable): a JSON object with out and any of method, images, "
+                        "placeholder, initializer, seed, steps and set (a list of KEY=VALUE, after the shared "
+                        "--set); the flags above give every run's defaults. The group loads the model once and "
+                        "trains its runs together, one batched pass per step; each run writes the folder it "
+                        "would write alone")
 
 
 def _add_rescale(p):
@@ -187,13 +197,48 @@ def _add_tables(p):
     p.add_argument("--out", required=True, help="folder for NAME.csv, NAME.md, NAME.tex")
 
 
-def _train(args):
-    from .train import train
+def _run_options(args) -> list[dict]:
+    """Each run's own values: one per --run, or the flags alone; every required one present."""
+    import json
 
-    cfg = TrainConfig(method=args.method, model=args.model, images=args.images, placeholder=args.placeholder,
-                      initializer=args.initializer, steps=args.steps, seed=args.seed,
-                      revision=args.revision).set(args.assignments)
-    return train(cfg, args.out, resume=args.resume)
+    shared = {"out": args.out, "method": args.method, "images": args.images, "placeholder": args.placeholder,
+              "initializer": args.initializer, "seed": args.seed, "steps": args.steps, "set": []}
+    if not args.runs:
+        runs = [shared]
+    else:
+        runs = []
+        for text in args.runs:
+            try:
+                own = json.loads(text)
+            except json.JSONDecodeError as exc:
+                raise DTIError(f"--run {text[:60]!r}: not JSON ({exc.msg})") from None
+            if not isinstance(own, dict):
+                raise DTIError(f"--run {text[:60]!r}: not a JSON object")
+            unknown = sorted(set(own) - set(RUN_KEYS))
+            if unknown:
+                raise DTIError(f"--run: unknown key {unknown[0]!r}; valid: {', '.join(RUN_KEYS)}")
+            if not isinstance(own.get("set", []), list):
+                raise DTIError("--run: set must be a list of KEY=VALUE strings")
+            runs.append({**shared, **own})
+    for i, run in enumerate(runs, 1):
+        missing = [k for k in ("method", "images", "placeholder", "initializer", "out") if not run.get(k)]
+        if missing:
+            where = f"run {i} (--run)" if args.runs else "the command"
+            raise DTIError(f"{where} has no {', '.join(missing)}: give --{missing[0]}" +
+                           (" or put it in the --run object" if args.runs else ""))
+    return runs
+
+
+def _train(args):
+    from .train import train_group
+
+    cfgs, outs = [], []
+    for run in _run_options(args):
+        cfgs.append(TrainConfig(method=run["method"], model=args.model, images=run["images"],
+                                placeholder=run["placeholder"], initializer=run["initializer"], steps=run["steps"],
+                                seed=run["seed"], revision=args.revision).set(args.assignments + list(run["set"])))
+        outs.append(run["out"])
+    return "\n".join(str(out) for out in train_group(cfgs, outs, resume=args.resume))
 
 
 def _rescale(args):

@@ -23,6 +23,12 @@ MAY_STAY_UNSET = ("revision",)
 WATCHING = ("progress_every", "validation_every", "validation_prompts", "validation_seed", "validation_steps",
             "tensorboard", *sorted(ACCEL_FIELDS))
 
+# Fields the runs of a group (dti.train.train_group) must share: they load, place and run the one pipeline, or
+# shape the batch all runs step together. Everything else (method, subject, seed, learning rates, ...) is a run's own.
+GROUP_SHARED = ("model", "revision", "family", "device", "mixed_precision", "resolution", "batch_size",
+                "grad_accum", "complex_human_instruction", "max_sequence_length", "zero_pad",
+                *(f.name for f in dataclasses.fields(TrainAccel)))
+
 
 @dataclass
 class TrainConfig(TrainAccel):

@@ -90,8 +90,10 @@ def placeholder_tokens(placeholder: str, k: int) -> list[str]:
 class LearnedRows(torch.nn.Module):
     """An input embedding whose new token ids read learned rows; every original row untouched.
 
-    The learned rows are set per step (``rows``) and are not registered as parameters,
-    so the encoder's own dtype and parameter list are unchanged.
+    The new ids are consecutive from ``first_id``: one block of rows per concept, in the order the
+    concepts were added (a group of runs trains several concepts in one pipeline). The learned rows
+    (``rows``, all blocks concatenated) are set per step and are not registered as parameters, so
+    the encoder's own dtype and parameter list are unchanged.
     """
 
     def __init__(self, base: torch.nn.Embedding, first_id: int, k: int):
@@ -112,6 +114,8 @@ class LearnedRows(torch.nn.Module):
             out = out.masked_fill((ids == self.zero_id).unsqueeze(-1), 0.0)
         if self.rows is None:
             return out
+        if self.rows.shape[0] != self.k:
+            raise DTIError(f"{self.rows.shape[0]} learned rows were set for {self.k} new tokens")
         slot = ids - self.first_id
         is_new = (slot >= 0) & (slot < self.k)
         rows = (self.rows * self.scale).to(out.dtype)[slot.clamp(0, self.k - 1)]
@@ -186,7 +190,8 @@ class Family:
         self.encoders = [getattr(pipe, n) for n in self.encoder_names]
         self.tokenizers = [getattr(pipe, n) for n in self.tokenizer_names]
         self.wrappers: list[LearnedRows] = []
-        self.tokens: list[str] = []
+        self.tokens: list[str] = []  # the last concept's
+        self.concepts: list[list[str]] = []  # every concept's tokens, in the order their rows are set
         for module in self.encoders + [getattr(pipe, self.denoiser_name)]:
             module.requires_grad_(False).eval()
         pipe.vae.requires_grad_(False).eval()
@@ -244,15 +249,16 @@ class Family:
 
     # --- tokens ---------------------------------------------------------------
     def add_concept(self, placeholder: str, initializer: str, texts: list[str] = ()) -> list[EncoderSlot]:
-        """Add the placeholder's k tokens to every tokenizer and wrap every encoder's input embedding.
-        ``texts`` (the training templates without the placeholder) must tokenize as before."""
+        """Add the placeholder's k tokens to every tokenizer and wrap every encoder's input embedding
+        (a further concept extends the wrapper: its ids follow the previous concept's). ``texts``
+        (the training templates without the placeholder) must tokenize as before."""
         if self.lower_case_prompts and placeholder != placeholder.lower():
             raise DTIError(f"placeholder {placeholder!r} must be lower-case: the {self.name} pipeline "
                            "lower-cases prompts")
         if self.lower_case_prompts:
             initializer = initializer.lower()  # as the pipeline will see it in prompts
-        slots, ks = [], set()
-        for enc_name, tok, enc in zip(self.encoder_names, self.tokenizers, self.encoders):
+        slots, ks, first_concept = [], set(), not self.wrappers
+        for e, (enc_name, tok, enc) in enumerate(zip(self.encoder_names, self.tokenizers, self.encoders)):
             init_ids = tok(initializer, add_special_tokens=False).input_ids
             if not initializer.strip() or not init_ids or tok.unk_token_id in init_ids:
                 raise DTIError(f"initializer {initializer!r} does not tokenize into known tokens of {enc_name}")
@@ -265,7 +271,7 @@ class Family:
                     raise DTIError(f"placeholder token {t!r} is already in the vocabulary of {enc_name}; "
                                    "choose a new string such as <sks>")
             zero_id = None
-            if self.cfg is not None and self.cfg.zero_pad:
+            if first_concept and self.cfg is not None and self.cfg.zero_pad:
                 # Before the placeholder: SDXL's encoder 2 pools at the largest id of a prompt, which must
                 # stay the placeholder's.
                 if tok.add_tokens([ZERO_PAD]) != 1:
@@ -274,14 +280,20 @@ class Family:
             if tok.add_tokens(tokens) != len(tokens):
                 raise DTIError(f"placeholder {placeholder!r} could not be added to the tokenizer of {enc_name}")
             ids = tok.convert_tokens_to_ids(tokens)
-            if ids != list(range(ids[0], ids[0] + len(ids))):
+            start = ids[0] if first_concept else self.wrappers[e].first_id + self.wrappers[e].k
+            if ids != list(range(start, start + len(ids))):
                 raise DTIError(f"the tokens of {placeholder!r} did not get consecutive ids in {enc_name}")
             check_words_kept(tok, ids, placeholder, [t.lower() if self.lower_case_prompts else t for t in texts])
-            base = enc.get_input_embeddings()
-            wrapper = LearnedRows(base, ids[0], len(ids))
-            wrapper.zero_id = zero_id
-            enc.set_input_embeddings(wrapper)
-            self.wrappers.append(wrapper)
+            if first_concept:
+                base = enc.get_input_embeddings()
+                wrapper = LearnedRows(base, ids[0], len(ids))
+                wrapper.zero_id = zero_id
+                enc.set_input_embeddings(wrapper)
+                self.wrappers.append(wrapper)
+            else:
+                wrapper = self.wrappers[e]
+                base = wrapper.base
+                wrapper.k += len(ids)
             rows = base.weight[torch.tensor(init_ids, device=base.weight.device)].detach().float()
             slots.append(EncoderSlot(
                 name=enc_name, initializer_rows=rows, vocab_norms=vocab_norm_stats(base.weight),
@@ -289,6 +301,7 @@ class Family:
             self.tokens = tokens
         if len(ks) != 1:
             raise DTIError(f"initializer {initializer!r} has different token counts per encoder: {sorted(ks)}")
+        self.concepts.append(self.tokens)
         return slots
 
     def _contextual_init_fn(self, tok, enc, initializer, init_ids):
@@ -311,6 +324,7 @@ class Family:
         return f"{self.zero_pad_joiner.join([ZERO_PAD] * n)} {prompt}" if n else prompt
 
     def set_rows(self, rows: list[torch.Tensor] | None):
+        """Per encoder, the learned rows of every concept, concatenated in the order they were added (None: unset)."""
         for wrapper, r in zip(self.wrappers, rows or [None] * len(self.wrappers)):
             wrapper.rows = r
 
@@ -324,6 +338,7 @@ class Family:
         """The VAE posterior of each [3, H, W] image in [-1, 1] as (mean, std) in the denoiser's latent
         scale, once per run, with the VAE in float32; a deterministic encoder (SANA's DC-AE) has std 0."""
         vae = self.pipe.vae
+        vae.to(self.device)  # also when an earlier run of a group left it on the CPU
         if vae.dtype != torch.float32:
             vae.to(torch.float32)
         shift = getattr(vae.config, "shift_factor", None) or 0.0
@@ -343,8 +358,30 @@ class Family:
     def encode_prompts(self, prompts: list[str]) -> dict:
         raise NotImplementedError
 
-    def loss(self, latents: torch.Tensor, cond: dict, batch: dict, gen: torch.Generator) -> torch.Tensor:
+    def draw_noise(self, shape: torch.Size, gen: torch.Generator) -> dict:
+        """One micro-batch's noise and timesteps, drawn from one run's generator."""
         raise NotImplementedError
+
+    def losses(self, latents: torch.Tensor, cond: dict, batch: dict, noise: dict, sizes: list[int]
+               ) -> list[torch.Tensor]:
+        """The training objective of consecutive slices of the batch (one per run of a group, ``sizes``
+        samples each): one forward pass for all, one mean squared error per slice."""
+        raise NotImplementedError
+
+    def loss(self, latents: torch.Tensor, cond: dict, batch: dict, gen: torch.Generator) -> torch.Tensor:
+        """The objective of one run's micro-batch, its noise drawn from ``gen``."""
+        return self.losses(latents, cond, batch, self.draw_noise(latents.shape, gen), [latents.shape[0]])[0]
+
+
+def slice_losses(pred: torch.Tensor, target: torch.Tensor, sizes: list[int]) -> list[torch.Tensor]:
+    """Mean squared error of each consecutive slice of the batch (one slice: exactly ``F.mse_loss``)."""
+    out, start = [], 0
+    for n in sizes:
+        out.append(F.mse_loss(pred[start:start + n].float(), target[start:start + n].float()))
+        start += n
+    if start != pred.shape[0]:
+        raise DTIError(f"slices of {sum(sizes)} samples for a batch of {pred.shape[0]}")
+    return out
 
 
 @register
@@ -376,20 +413,23 @@ class StableDiffusion(Family):
     def extra_unet_kwargs(self, cond, batch):
         return {}
 
-    def loss(self, latents, cond, batch, gen):
-        sched = self.noise_scheduler
-        noise = torch.randn(latents.shape, generator=gen).to(self.device)
-        t = torch.randint(0, sched.config.num_train_timesteps, (latents.shape[0],), generator=gen).to(self.device)
-        noisy = sched.add_noise(latents, noise, t)
+    def draw_noise(self, shape, gen):
+        noise = torch.randn(shape, generator=gen).to(self.device)
+        t = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (shape[0],), generator=gen)
+        return {"noise": noise, "t": t.to(self.device)}
+
+    def losses(self, latents, cond, batch, noise, sizes):
+        sched, eps, t = self.noise_scheduler, noise["noise"], noise["t"]
+        noisy = sched.add_noise(latents, eps, t)
         if sched.config.prediction_type == "epsilon":
-            target = noise
+            target = eps
         elif sched.config.prediction_type == "v_prediction":
-            target = sched.get_velocity(latents, noise, t)
+            target = sched.get_velocity(latents, eps, t)
         else:
             raise DTIError(f"unsupported prediction type {sched.config.prediction_type!r}")
         pred = self.pipe.unet(noisy.to(self.dtype), t, encoder_hidden_states=cond["encoder_hidden_states"],
                               added_cond_kwargs=self.extra_unet_kwargs(cond, batch)).sample
-        return F.mse_loss(pred.float(), target.float())
+        return slice_losses(pred, target, sizes)
 
 
 @register
@@ -475,13 +515,18 @@ class Sana(Family):
             max_sequence_length=self.text_length(None), complex_human_instruction=instruction)
         return {"encoder_hidden_states": embeds, "encoder_attention_mask": mask}
 
-    def loss(self, latents, cond, batch, gen):
-        # Flow matching: x_t = (1 - s) x + s e, target e - x, t uniform over the training steps (no shift).
+    def draw_noise(self, shape, gen):
+        noise = torch.randn(shape, generator=gen).to(self.device)
+        t = torch.randint(0, self.pipe.scheduler.config.num_train_timesteps, (shape[0],), generator=gen)
+        return {"noise": noise, "t": t.to(self.device)}
+
+    def losses(self, latents, cond, batch, noise, sizes):
+        # Flow matching: x_t = (1 - s) x + s e, target e - x, t uniform over the training steps. No flow shift:
+        # the authors' protocol; the flow_shift in SANA's scheduler configs is the sampler's (README).
         n = self.pipe.scheduler.config.num_train_timesteps
-        noise = torch.randn(latents.shape, generator=gen).to(self.device)
-        t = torch.randint(0, n, (latents.shape[0],), generator=gen).to(self.device)
+        eps, t = noise["noise"], noise["t"]
         sigma = ((t + 1).float() / n).view(-1, 1, 1, 1)
-        noisy = (1 - sigma) * latents + sigma * noise
+        noisy = (1 - sigma) * latents + sigma * eps
         transformer = self.pipe.transformer
         # float32 even when the transformer runs in bf16: bf16 would round t by up to 4 of 1000
         timestep = sigma.flatten() * n * transformer.config.timestep_scale
@@ -489,4 +534,4 @@ class Sana(Family):
             k: (v.to(self.dtype) if v.is_floating_point() else v) for k, v in cond.items()}).sample
         if pred.shape[1] == 2 * latents.shape[1]:  # learned-variance heads
             pred = pred.chunk(2, dim=1)[0]
-        return F.mse_loss(pred.float(), (noise - latents).float())
+        return slice_losses(pred, eps - latents, sizes)

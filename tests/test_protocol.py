@@ -126,6 +126,30 @@ def test_sana_training_timesteps_stay_float32_in_bf16(tiny_models):
     assert seen["timestep"].dtype == torch.float32 and torch.equal(seen["timestep"], expected)
 
 
+def test_sana_trains_without_the_samplers_flow_shift(tiny_models):
+    """SANA's diffusers scheduler config (DPM-Solver on flow sigmas, flow_shift 3.0 at 1024 px, as diffusers'
+    SANA conversion writes it) shifts the sampling timesteps only; training draws t uniformly, as the
+    authors do, whatever the config's shift."""
+    from diffusers import DPMSolverMultistepScheduler
+
+    family = family_with(tiny_models, "sana")
+    family.add_concept("<sks>", "dog")
+    latents = torch.randn(2, 32, 8, 8)
+    cond = family.encode_prompts(["a photo of a <sks>"] * 2)
+    losses = []
+    for shift in (3.0, 1.0):
+        family.pipe.scheduler = DPMSolverMultistepScheduler.from_config(family.pipe.scheduler.config, flow_shift=shift)
+        with torch.no_grad():
+            losses.append(family.loss(latents, cond, {}, torch.Generator().manual_seed(5)))
+    assert torch.equal(losses[0], losses[1])
+    sampling = []
+    for shift in (3.0, 1.0):  # the sampler does apply it
+        scheduler = DPMSolverMultistepScheduler.from_config(family.pipe.scheduler.config, flow_shift=shift)
+        scheduler.set_timesteps(20)
+        sampling.append(scheduler.sigmas[:-1])
+    assert (sampling[0] >= sampling[1]).all() and (sampling[0] - sampling[1]).max() > 0.1  # towards noise
+
+
 def test_the_adamw_ablation_row_uses_its_own_learning_rate(tiny_models, ref_images, tmp_path):
     cfg = TrainConfig(method="dti", model=str(tiny_models["sd"]), images=str(ref_images), placeholder="<sks>",
                       initializer="dog", steps=2).set(["resolution=64", "batch_size=1", "direction_optimizer=adamw"])

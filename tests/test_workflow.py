@@ -2,6 +2,7 @@
 the smoke configuration end to end on the mini world (with its reference check), rerunning one
 ablation cell, and the paper configurations' rules on tiny stand-in models."""
 
+import json
 import os
 import re
 import shlex
@@ -16,16 +17,29 @@ from conftest import run_snakemake as snakemake
 
 
 def job_counts(output: str) -> dict[str, int]:
+    """Jobs per rule; the parts of a training rule (train_part0, train_part1, ...) count as one rule."""
     table = output.split("Job stats:")[1]
-    return {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.M)}
+    counts = {}
+    for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.M):
+        rule = re.sub(r"_part\d+$", "", m.group(1))
+        counts[rule] = counts.get(rule, 0) + int(m.group(2))
+    return counts
+
+
+def train_runs(command: str) -> list[dict]:
+    """The runs a `dti train` command trains: its --run objects, each with the command's --set values."""
+    words = shlex.split(command)
+    shared = [words[i + 1] for i, w in enumerate(words) if w == "--set"]
+    return [{**json.loads(words[i + 1]), "shared_set": shared} for i, w in enumerate(words) if w == "--run"]
 
 
 # (config file, extra --config, expected job counts): 30 DreamBooth subjects, 3 trained methods
-# + TI-rescaled, 5 ablation cells on SDXL.
+# + TI-rescaled, 5 ablation cells on SDXL. Training jobs: one per method (or cell) and seed on the mini world
+# (all subjects in one group), one per run on the GPU configurations (runs_per_job: 1).
 PLANS = [
-    ("mini.yaml", [], {"train": 18, "rescale": 6, "sample": 24 + 15, "score": 39, "train_ablation": 15,
+    ("mini.yaml", [], {"train": 3, "rescale": 6, "sample": 24 + 15, "score": 39, "train_ablation": 5,
                       "ablation_cell": 5, "interpolation": 2, "main_table": 1, "ablation_table": 1}),
-    ("smoke.yaml", [], {"train": 4, "rescale": 2, "sample": 8, "score": 8, "train_ablation": 2, "ablation_cell": 2,
+    ("smoke.yaml", [], {"train": 2, "rescale": 2, "sample": 8, "score": 8, "train_ablation": 2, "ablation_cell": 2,
                        "interpolation": 2, "main_table": 1, "ablation_table": 1}),
     ("sdxl.yaml", [], {"dreambooth_data": 1, "train": 90, "rescale": 30, "sample": 120 + 150, "score": 270,
                       "train_ablation": 150, "ablation_cell": 5, "main_table": 1, "ablation_table": 1}),
@@ -58,11 +72,13 @@ def test_paper_configs_use_the_papers_models_and_protocol():
     assert "results/sdxl_dreambooth/" in plan.stdout
     # The authors' SDXL launchers initialise every method from their class word (the `dti_class` column),
     # not the `initializer` column ("jar" for candle, "red backpack" for backpack); the ablation's DTI too.
+    runs = [run for c in shell_commands(plan.stdout) if " -m dti train " in c for run in train_runs(c)]
+    assert len(runs) == 90 + 150
     for subject, word in (("candle", "candle"), ("backpack", "backpack"), ("pink_sunglasses", "sunglasses")):
-        inits = {m: set(re.findall(rf"--method {m} --images \S+/{subject} .*?--initializer (\S+)", plan.stdout))
+        inits = {m: {r["initializer"] for r in runs if r["method"] == m and r["images"].endswith(f"/{subject}")}
                  for m in ("ti", "crossinit", "dti")}
         assert inits == {m: {word} for m in inits}, inits
-    assert "--initializer jar" not in plan.stdout and "'red backpack'" not in plan.stdout
+    assert not any(r["initializer"] in ("jar", "red backpack") for r in runs)
     assert "--preset code" in plan.stdout  # the tables name the preset
 
 
@@ -72,15 +88,16 @@ def test_sana_authors_preset_reproduces_the_launchers_confounds_included(tmp_pat
     plan = snakemake("-n", "-p", "--configfile", "experiments/sana_1.6b.yaml",
                      "--config", f"results_dir={tmp_path}", "preset=authors", cores=8)
     assert plan.returncode == 0, plan.stderr[-2000:]
-    train = {m: [line for line in plan.stdout.splitlines() if f"--method {m} --images" in line]
-             for m in ("ti", "crossinit", "dti")}
-    assert all(len(lines) == 30 for lines in train.values())
-    candle = {m: next(line for line in lines if "/candle " in line) for m, lines in train.items()}
-    assert "--initializer jar" in candle["dti"] and "--set zero_pad=True" in candle["dti"]
+    runs = [run for c in shell_commands(plan.stdout) if " -m dti train " in c for run in train_runs(c)]
+    train = {m: [r for r in runs if r["method"] == m] for m in ("ti", "crossinit", "dti")}
+    assert all(len(method_runs) == 30 for method_runs in train.values())
+    candle = {m: next(r for r in method_runs if r["images"].endswith("/candle")) for m, method_runs in train.items()}
+    assert candle["dti"]["initializer"] == "jar" and "zero_pad=True" in candle["dti"]["shared_set"]
     for method in ("ti", "crossinit"):
-        assert "--initializer candle" in candle[method] and "zero_pad" not in candle[method]
-    assert all("zero_pad=True" in line for line in train["dti"])
-    assert f"{tmp_path}/sana_1.6b_authors/runs/dti/candle/seed42" in candle["dti"]  # its own results folder
+        assert candle[method]["initializer"] == "candle"
+        assert not any("zero_pad" in item for item in candle[method]["shared_set"])
+    assert all("zero_pad=True" in r["shared_set"] for r in train["dti"])
+    assert candle["dti"]["out"] == f"{tmp_path}/sana_1.6b_authors/runs/dti/candle/seed42"  # its own results folder
     assert "--paper sana_1.6b --preset authors" in plan.stdout
 
 
@@ -93,8 +110,9 @@ def test_schema_names_the_bad_key(tmp_path):
 
 def test_threads_never_oversubscribe_the_machine(tmp_path):
     plan = snakemake("-n", "-p", "--config", f"results_dir={tmp_path}", cores=8 * (os.cpu_count() or 1))
-    threads = {int(t) for t in re.findall(r"OMP_NUM_THREADS=(\d+)", plan.stdout)}
-    assert threads == {1}  # each job gets its share of the real CPUs, not of --cores
+    threads = [int(t) for t in re.findall(r"OMP_NUM_THREADS=(\d+)", plan.stdout)]
+    # each job gets its share of the real CPUs, not of --cores: one thread, two for training's batched groups
+    assert threads and set(threads) <= {1, min(2, os.cpu_count() or 1)}
 
 
 def smoke_with(tmp_path, changes: dict, name: str = "config.yaml") -> str:
@@ -167,13 +185,15 @@ def test_config_values_reach_shell_commands_as_one_literal_word(tmp_path):
         assert unquoted_specials(command) == [], command
         words = shlex.split(command)
         for word in words:  # a path split at its space would leave a piece that is none of these
-            if str(tmp_path) in word:
-                assert word.rsplit("=", 1)[-1].startswith(weird), (word, command)  # KEY=PATH: the path
+            values = json.loads(word).values() if word.startswith("{") else [word]  # a --run object: its values
+            for value in values:
+                if str(tmp_path) in str(value):
+                    assert value.rsplit("=", 1)[-1].startswith(weird), (word, command)  # KEY=PATH: the path
         if "--model" in words:
             assert words[words.index("--model") + 1] == str(model)
-    train = [shlex.split(c) for c in commands if " -m dti train " in c and "ember_triangle" in c]
-    assert train and all(f"templates={injected}" in w and w[w.index("--initializer") + 1] == "it's $(touch INJECTED)"
-                         for w in train)
+    train = [r for c in commands if " -m dti train " in c for r in train_runs(c) if "ember_triangle" in r["out"]]
+    assert train and all(f"templates={injected}" in r["shared_set"] and r["initializer"] == "it's $(touch INJECTED)"
+                         for r in train)
     interpolation = [shlex.split(c) for c in commands if "analysis.interpolation" in c]
     assert interpolation and all(w[w.index("--class-a") + 1] == "tri angle's" for w in interpolation)
     assert f"mini={evaluator}" in shlex.split(next(c for c in commands if " -m dti score " in c))
@@ -197,7 +217,7 @@ def test_injected_values_reach_a_real_job_as_literal_text(tmp_path):
     finally:
         (ROOT / "INJECTED").unlink(missing_ok=True)
     assert run.returncode != 0
-    log = (results / "smoke" / "logs" / "train" / "ti_ember_triangle_seed0.log").read_text()
+    log = (results / "smoke" / "logs" / "train" / "ti_seed0_part0.log").read_text()
     assert f"unknown template set {injected!r}" in log, log[-2000:]
 
 

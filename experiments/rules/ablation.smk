@@ -9,20 +9,26 @@ ABLATION_SUBJECTS = ABLATION.get("subjects") or SUBJECTS
 CELL = f"{OUT}/ablation/{CELLS.wildcard_pattern}"  # one cell's folder, with the cell's wildcards
 
 
-rule train_ablation:
-    input: MODEL_INPUT, images=IMAGES_INPUT
-    output: embeds=run_embeds("dti", "{subject}", "{seed}", prefix=CELL)
-    wildcard_constraints: seed=r"\d+"
-    params:
-        **train_params(run=lambda wildcards, output: os.path.dirname(output.embeds),
-                       settings=lambda wildcards: settings({**method_train("dti"), **CELLS.instance(wildcards)}),
-                       method="dti"),
-    threads: threads("train")
-    resources: **job_resources("train")
-    log: log_of("ablation", CELLS.wildcard_pattern, "{subject}_seed{seed}.log")
-    benchmark: benchmark_of("ablation", CELLS.wildcard_pattern, "{subject}_seed{seed}.tsv")
-    conda: CONDA_ENV
-    shell: train_command("dti")
+ABLATION_PARTS = subject_parts(ABLATION_SUBJECTS)
+
+for _k, _part in enumerate(ABLATION_PARTS):
+
+    rule:
+        name: part_rule_name("train_ablation", _k, ABLATION_PARTS)
+        input: MODEL_INPUT, images=IMAGES_INPUT
+        output: embeds=[run_embeds("dti", subject, "{seed}", prefix=CELL) for subject in _part]
+        wildcard_constraints: seed=r"\d+"
+        params:
+            **train_params(runs=lambda wildcards, part=_part: [("dti", subject, run_dir("dti", subject, wildcards.seed,
+                                                                                      CELL.format(**wildcards)))
+                                                               for subject in part],
+                           settings=lambda wildcards: settings({**method_train("dti"), **CELLS.instance(wildcards)})),
+        threads: threads("train")
+        resources: **train_resources(len(_part))
+        log: log_of("ablation", CELLS.wildcard_pattern, f"seed{{seed}}_part{_k}.log")
+        benchmark: benchmark_of("ablation", CELLS.wildcard_pattern, f"seed{{seed}}_part{_k}.tsv")
+        conda: CONDA_ENV
+        shell: TRAIN_COMMAND
 
 
 rule ablation_cell:

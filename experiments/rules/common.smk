@@ -1,4 +1,5 @@
 # Shared names: paths, the subjects table, and how many torch threads a job may use.
+import json
 import os
 import re
 import shlex
@@ -195,14 +196,15 @@ except WorkflowError:  # no --cores given (a dry run, or a cluster executor)
 
 
 def threads(stage: str) -> int:
-    """Cores a job asks Snakemake for. With --cores above the machine's CPU count (--cores 8 on
-    a 2-core laptop) a job asks for more, so that fewer run at once, and torch_env gives it its
-    share of the real CPUs: running jobs never oversubscribe the machine."""
-    return max(resources(stage).get("threads", 1), CORES // CPUS)
+    """Cores a job asks Snakemake for: its `threads` (the real CPUs its torch uses), times --cores per real
+    CPU when --cores exceeds the machine's CPU count (--cores 8 on a 2-core laptop: a 1-thread job asks
+    for 4, so two run at once, a 2-thread job for all 8). torch_env gives it its share of the real CPUs:
+    running jobs never oversubscribe the machine."""
+    return resources(stage).get("threads", 1) * max(1, CORES // CPUS)
 
 
 def torch_env(stage: str) -> str:
-    n = threads(stage)
+    n = min(threads(stage), CORES)  # Snakemake gives a job at most --cores
     if CORES > CPUS:
         n = max(1, n * CPUS // CORES)
     return f"OMP_NUM_THREADS={n} MKL_NUM_THREADS={n}"
@@ -240,23 +242,46 @@ def run_embeds(method, subject, seed, prefix=OUT):
 # does not count, a `lambda wildcards` one does): keep templates, values and argument lists as
 # they are, or every finished job of the rule runs again.
 
-# `dti train` of one run, for the main runs (the train rule) and the ablation cells (train_ablation):
-# the rule gives it an `images` input and a log.
-def train_command(method: str) -> str:
-    """``method``: a method's name, or "{wildcards.method}" for the rule's wildcard."""
-    return (f"{{params.env}} {{params.gpu}} python -m dti train --model {{params.model:q}} --method {method}"
-            " --images {params.images:q} --placeholder {params.placeholder:q}"
-            " --initializer {params.initializer:q} --seed {wildcards.seed:q} --out {params.run:q} --resume"
-            " {params.settings} > {log:q} 2>&1")
+# Training jobs: each trains a group of runs in one process (`dti train --run ... --run ...`): the model loads
+# once and the runs step together, one batched pass for all; each run writes its own folder, as alone. A
+# group is one method (or ablation cell) and seed on up to resources.train.runs_per_job subjects (default:
+# all of them); with more subjects than that, the subjects are split in parts of that size, in
+# configuration order, with one training rule per part, named train_part0, train_part1, ... (a single
+# part keeps the plain name, train).
+def subject_parts(subjects: list[str]) -> list[list[str]]:
+    size = resources("train").get("runs_per_job") or max(len(subjects), 1)
+    return [subjects[i:i + size] for i in range(0, len(subjects), size)]
 
 
-def train_params(run, settings, method=None) -> dict:
-    """The params train_command reads. ``run``: the run folder; ``settings``: the `--set` options (each
-    a value or a function); ``method``: the method trained (None: the rule's wildcard)."""
-    return {"run": run, "model": lambda wildcards: config["model"], "placeholder": lambda wildcards: f"<{wildcards.subject}>",
-            "images": lambda wildcards, input: os.path.join(input.images, wildcards.subject),
-            "initializer": lambda wildcards: initializer_of(method or wildcards.method, wildcards.subject),
-            "settings": settings, "env": torch_env("train"), "gpu": gpu_wrap("train")}
+def part_rule_name(rule: str, k: int, parts: list) -> str:
+    return rule if len(parts) == 1 else f"{rule}_part{k}"
+
+
+TRAIN_COMMAND = ("{params.env} {params.gpu} python -m dti train --model {params.model:q} --resume {params.settings}"
+                 " {params.runs} > {log:q} 2>&1")
+
+
+def train_params(runs, settings) -> dict:
+    """The params TRAIN_COMMAND reads. ``runs``: a function of the wildcards giving (method, subject, run
+    folder) of each run of the job; ``settings``: the shared `--set` options (a function of the wildcards)."""
+    def run_options(wildcards) -> str:
+        options = []
+        for method, subject, folder in runs(wildcards):
+            run = {"out": folder, "method": method, "images": os.path.join(IMAGES_INPUT, subject),
+                   "placeholder": f"<{subject}>", "initializer": initializer_of(method, subject),
+                   "seed": int(wildcards.seed)}
+            options.append(f"--run {shlex.quote(json.dumps(run, sort_keys=True))}")
+        return " ".join(options)
+
+    return {"model": lambda wildcards: config["model"], "settings": settings, "runs": run_options, "env": torch_env("train"),
+            "gpu": gpu_wrap("train")}
+
+
+def train_resources(runs: int) -> dict:
+    """A training job's resources: runtime is per run, mem_mb per job plus mem_mb_per_run for each further run."""
+    r = job_resources("train")
+    extra = resources("train").get("mem_mb_per_run", 0)
+    return {**r, "mem_mb": r["mem_mb"] + extra * (runs - 1), "runtime": r["runtime"] * runs}
 
 
 # `dti aggregate` of a rule's score files (its input) into one folder (summary.csv, per_subject.csv),

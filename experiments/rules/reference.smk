@@ -5,6 +5,7 @@
 rule check_reference:
     localrule: True
     input: rules.main_table.output, rules.ablation_table.output if ABLATION["cells"] else [], ANALYSIS_OUTPUTS,
+           rules.claims.output,  # the reference holds claims.csv too
            reference=config.get("reference") or []
     output: f"{OUT}/reference_check.txt"
     params: results=lambda wildcards, output: os.path.dirname(output[0])

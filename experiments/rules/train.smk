@@ -1,19 +1,25 @@
-# Training: every trained method (TI, CrossInit, DTI) per (subject, seed); TI-rescaled from TI.
+# Training: every trained method (TI, CrossInit, DTI) per (subject, seed), in groups of runs (common.smk:
+# one job per method, seed and part of the subjects); TI-rescaled from TI.
+TRAIN_PARTS = subject_parts(SUBJECTS)
 
+for _k, _part in enumerate(TRAIN_PARTS):
 
-rule train:
-    input: MODEL_INPUT, images=IMAGES_INPUT
-    output: embeds=run_embeds("{method}", "{subject}", "{seed}")
-    wildcard_constraints: method=trained_methods_regex(), seed=r"\d+"
-    params:
-        **train_params(run=lambda wildcards: run_dir(wildcards.method, wildcards.subject, wildcards.seed),
-                       settings=lambda wildcards: settings(method_train(wildcards.method))),
-    threads: threads("train")
-    resources: **job_resources("train")
-    log: log_of("train", "{method}_{subject}_seed{seed}.log")
-    benchmark: benchmark_of("train", "{method}_{subject}_seed{seed}.tsv")
-    conda: CONDA_ENV
-    shell: train_command("{wildcards.method:q}")
+    rule:
+        name: part_rule_name("train", _k, TRAIN_PARTS)
+        input: MODEL_INPUT, images=IMAGES_INPUT
+        output: embeds=[run_embeds("{method}", subject, "{seed}") for subject in _part]
+        wildcard_constraints: method=trained_methods_regex(), seed=r"\d+"
+        params:
+            **train_params(runs=lambda wildcards, part=_part: [(wildcards.method, subject,
+                                                                run_dir(wildcards.method, subject, wildcards.seed))
+                                                               for subject in part],
+                           settings=lambda wildcards: settings(method_train(wildcards.method))),
+        threads: threads("train")
+        resources: **train_resources(len(_part))
+        log: log_of("train", f"{{method}}_seed{{seed}}_part{_k}.log")
+        benchmark: benchmark_of("train", f"{{method}}_seed{{seed}}_part{_k}.tsv")
+        conda: CONDA_ENV
+        shell: TRAIN_COMMAND
 
 
 rule rescale:
