@@ -11,9 +11,11 @@ run-steps per second (G x steps / seconds), ms per run-step, the speed-up over G
 seconds to load the pipeline and set the runs up (what every training process pays once).
 
 ``workflow``: a fresh ``snakemake --cores N`` of a configuration into a temporary results folder,
-timed from launch to exit; the split by stage comes from Snakemake's benchmark files (summed job
-seconds: with jobs side by side they add up to more than the wall time) and from its log (start-up:
-launch to the first job). Nothing else should run on the machine meanwhile.
+timed from launch to exit, split by stage (training, sampling, scoring, rescaling, analyses and
+tables) from the times Snakemake logs as each job starts and ends (1 s resolution): per stage the
+jobs, their summed seconds (jobs side by side add up to more than the wall time) and the wall
+seconds while any of them ran; start-up is launch to the first job. Nothing else should run on the
+machine meanwhile.
 """
 
 from __future__ import annotations
@@ -72,17 +74,42 @@ def group_throughput(sizes: list[int], steps: int, warmup: int = 5) -> list[dict
     return rows
 
 
-def stage_of(path: Path, results: Path) -> str:
-    parts = path.relative_to(results).parts
-    stage = parts[parts.index("benchmarks") + 1]
-    if stage == "ablation":
-        return "train"  # the cells' training jobs: benchmarks/ablation/<cell>/
-    return stage if stage in ("train", "sample", "score") else "analyses"
+STAGES = ("train", "sample", "score", "rescale")  # the rest: analyses and tables
 
 
-def snakemake_timestamps(log: str) -> list[datetime]:
-    return [datetime.strptime(" ".join(m.split()), "%a %b %d %H:%M:%S %Y")
-            for m in re.findall(r"^\[(\w{3} \w{3} +\d+ \d\d:\d\d:\d\d \d{4})\]", log, re.M)]
+def stage_of(rule: str) -> str:
+    base = re.sub(r"(_ablation)?(_part\d+)?$", "", rule)
+    return base if base in STAGES else "analyses and tables"
+
+
+def job_intervals(log: str) -> list[tuple[str, datetime, datetime]]:
+    """(rule, start, end) of every job, from the timestamps Snakemake prints before a job starts and ends."""
+    lines, starts, jobs = log.splitlines(), {}, []
+    stamp = re.compile(r"^\[(\w{3} \w{3} +\d+ \d\d:\d\d:\d\d \d{4})\]$")
+    for i, line in enumerate(lines):
+        m = stamp.match(line)
+        if not m or i + 1 >= len(lines):
+            continue
+        when = datetime.strptime(" ".join(m.group(1).split()), "%a %b %d %H:%M:%S %Y")
+        started = re.match(r"^(?:local)?rule (\w+):$", lines[i + 1])
+        finished = re.match(r"^Finished jobid: (\d+) \(Rule: (\w+)\)", lines[i + 1])
+        if started:
+            jobid = next(re.match(r"\s+jobid: (\d+)", x).group(1) for x in lines[i + 2:] if re.match(r"\s+jobid:", x))
+            starts[jobid] = (started.group(1), when)
+        elif finished and finished.group(1) in starts:
+            rule, begin = starts.pop(finished.group(1))
+            jobs.append((rule, begin, when))
+    return jobs
+
+
+def union_seconds(intervals: list[tuple[datetime, datetime]]) -> float:
+    total, end = 0.0, None
+    for a, b in sorted(intervals):
+        if end is None or a > end:
+            total, end = total + (b - a).total_seconds(), b
+        elif b > end:
+            total, end = total + (b - end).total_seconds(), b
+    return total
 
 
 def workflow_time(configfile: str | None, cores: int) -> dict:
@@ -96,17 +123,14 @@ def workflow_time(configfile: str | None, cores: int) -> dict:
         wall = time.perf_counter() - start
         if run.returncode != 0:
             raise SystemExit(f"snakemake failed:\n{run.stderr[-3000:]}")
-        results = Path(tmp)
-        stages: dict[str, dict] = {}
-        for path in sorted(results.glob("**/benchmarks/**/*.tsv")):
-            lines = path.read_text().splitlines()
-            seconds = float(lines[-1].split("\t")[0])
-            entry = stages.setdefault(stage_of(path, results), {"jobs": 0, "job_seconds": 0.0})
-            entry["jobs"] += 1
-            entry["job_seconds"] += seconds
-        stamps = snakemake_timestamps(run.stdout + run.stderr)
-        jobs = len(re.findall(r"^(?:local)?rule \w+:", run.stdout + run.stderr, re.M))
-    return {"wall_s": wall, "jobs": jobs, "startup_s": (stamps[0] - launched).total_seconds() if stamps else None,
+    jobs = job_intervals(run.stdout + run.stderr)
+    stages = {}
+    for stage in sorted({stage_of(rule) for rule, _, _ in jobs}):
+        mine = [(a, b) for rule, a, b in jobs if stage_of(rule) == stage]
+        stages[stage] = {"jobs": len(mine), "job_seconds": sum((b - a).total_seconds() for a, b in mine),
+                         "wall_seconds": union_seconds(mine)}
+    first = min((a for _, a, _ in jobs), default=None)
+    return {"wall_s": wall, "jobs": len(jobs), "startup_s": (first - launched).total_seconds() if first else None,
             "stages": stages, "config": configfile or "experiments/mini.yaml", "cores": cores}
 
 
@@ -129,12 +153,11 @@ def main():
                   f"{r['speedup']:.2f} | {r['setup_s']:.1f} |")
     else:
         result = workflow_time(args.configfile, args.cores)
-        total_jobs = sum(s["job_seconds"] for s in result["stages"].values())
         print(f"{result['config']}: {result['jobs']} jobs, wall {result['wall_s'] / 60:.1f} min "
-              f"({result['wall_s']:.0f} s), start-up {result['startup_s']} s")
-        print("| stage | jobs | job seconds | share of job seconds |\n|---|---|---|---|")
-        for stage, s in sorted(result["stages"].items()):
-            print(f"| {stage} | {s['jobs']} | {s['job_seconds']:.0f} | {s['job_seconds'] / total_jobs:.0%} |")
+              f"({result['wall_s']:.0f} s), start-up {result['startup_s']:.0f} s")
+        print("| stage | jobs | job seconds | wall seconds while it ran |\n|---|---|---|---|")
+        for stage, s in result["stages"].items():
+            print(f"| {stage} | {s['jobs']} | {s['job_seconds']:.0f} | {s['wall_seconds']:.0f} |")
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
 

@@ -104,9 +104,13 @@ def _add_data(p):
 
 
 def _add_sample(p):
-    p.add_argument("--run", required=True, help="finished run directory (trained or rescaled)")
-    p.add_argument("--out", required=True, help="folder for the images and manifest.csv")
-    p.add_argument("--subject", required=True, help="subject name (looked up in the subjects table)")
+    p.add_argument("--run", help="finished run directory (trained or rescaled)")
+    p.add_argument("--out", help="folder for the images and manifest.csv")
+    p.add_argument("--subject", help="subject name (looked up in the subjects table)")
+    p.add_argument("--job", dest="jobs", action="append", default=[], metavar="JSON",
+                   help="one run of a group (repeatable), instead of --run, --out and --subject: a JSON object "
+                        "with run, out and subject. The pipeline loads once for the group; each run's images "
+                        "are those it gets alone")
     p.add_argument("--prompts", default="dti_simple", help=_prompt_sets_help())
     p.add_argument("--prompts-file", help="prompt sets JSON (default: dti/resources/dreambooth/prompt_sets.json)")
     p.add_argument("--subjects-file", help="subjects table CSV (default: dti/resources/dreambooth/subjects.csv)")
@@ -151,9 +155,12 @@ def _add_inspect(p):
 
 
 def _add_score(p):
-    p.add_argument("--manifest", required=True, help="manifest.csv written by dti sample")
+    p.add_argument("--manifest", required=True, action="append",
+                   help="manifest.csv written by dti sample (repeatable, each with its own --out, in order: the "
+                        "models load once for all)")
     p.add_argument("--references", required=True, help="folder with one sub-folder of reference images per subject")
-    p.add_argument("--out", required=True, help="CSV of per-image scores to write")
+    p.add_argument("--out", required=True, action="append",
+                   help="CSV of per-image scores to write (one per --manifest)")
     p.add_argument("--protocol", default="paper", choices=_protocols(),
                    help="paper (DINOv2, SigLIP; default), dreambooth (DINO, CLIP-I, CLIP-T, SigLIP cosine) or a "
                         "plugin's, such as mini (the mini world's evaluator CLIP and attribute read-out)")
@@ -253,20 +260,48 @@ def _data(args):
     return fetch_dreambooth(args.out, args.from_dir, args.masks, args.subjects_file)
 
 
+def _sample_jobs(args) -> list[dict]:
+    """Each run's run, out and subject: one per --job, or the flags."""
+    import json
+
+    if not args.jobs:
+        missing = [flag for flag in ("run", "out", "subject") if not getattr(args, flag)]
+        if missing:
+            raise DTIError(f"give --{missing[0]} (or --job objects)")
+        return [{"run": args.run, "out": args.out, "subject": args.subject}]
+    if args.run or args.out or args.subject:
+        raise DTIError("--job gives each run's run, out and subject: leave --run, --out and --subject out")
+    jobs = []
+    for text in args.jobs:
+        try:
+            job = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise DTIError(f"--job {text[:60]!r}: not JSON ({exc.msg})") from None
+        if not isinstance(job, dict) or sorted(job) != ["out", "run", "subject"]:
+            raise DTIError(f"--job {text[:60]!r}: must be an object with exactly run, out and subject")
+        jobs.append(job)
+    return jobs
+
+
 def _sample(args):
+    from pathlib import Path
+
     from .data import read_prompt_set, read_subjects
-    from .sample import sample
+    from .sample import SampleJob, sample_group
 
     cfg = SampleConfig().set(args.assignments)
     rows = {r["subject"]: r for r in read_subjects(args.subjects_file)}
-    if args.subject not in rows:
-        raise DTIError(f"subject {args.subject!r} is not in the subjects table")
-    subject = rows[args.subject]
-    if args.class_column not in subject:
-        raise DTIError(f"the subjects table has no column {args.class_column!r}")
-    templates = read_prompt_set(args.prompts, subject["live"], args.prompts_file)
-    return sample(args.run, args.out, args.subject, subject[args.class_column], templates, args.seeds,
-                  args.prompts, cfg)
+    jobs = []
+    for job in _sample_jobs(args):
+        if job["subject"] not in rows:
+            raise DTIError(f"subject {job['subject']!r} is not in the subjects table")
+        subject = rows[job["subject"]]
+        if args.class_column not in subject:
+            raise DTIError(f"the subjects table has no column {args.class_column!r}")
+        templates = read_prompt_set(args.prompts, subject["live"], args.prompts_file)
+        jobs.append(SampleJob(Path(job["run"]), Path(job["out"]), job["subject"], subject[args.class_column],
+                              templates))
+    return "\n".join(str(m) for m in sample_group(jobs, args.seeds, args.prompts, cfg))
 
 
 def _generate(args):
@@ -291,8 +326,8 @@ def _inspect(args):
 def _score(args):
     from .devices import resolve_device
     from .io import exclusive
-    from .metrics import (PROTOCOLS, check_inputs, check_scores_out, expectations_for, parse_model_ids, score_inputs,
-                          write_scores)
+    from .metrics import (PROTOCOLS, Backbones, check_inputs, check_scores_out, expectations_for, parse_model_ids,
+                          score_inputs, write_scores)
 
     if args.metrics:
         metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
@@ -303,16 +338,22 @@ def _score(args):
     model_ids = parse_model_ids(args.model_id)
     if bool(args.prompt_sets) != bool(args.subjects):
         raise DTIError("--prompt-sets and --subjects go together")
-    out = check_scores_out(args.out)  # a bad --out must fail now, not after all the scoring
+    if len(args.manifest) != len(args.out):
+        raise DTIError(f"{len(args.manifest)} --manifest for {len(args.out)} --out: give one --out per manifest")
+    if len(set(args.out)) != len(args.out):
+        raise DTIError("two manifests have the same --out")
+    outs = [check_scores_out(out) for out in args.out]  # a bad --out must fail now, not after all the scoring
     device = str(resolve_device(args.device))
     expectations = expectations_for(metrics, args.prompt_sets, args.subjects) if args.prompt_sets else None
-    inputs = check_inputs(args.manifest, args.references, metrics, model_ids, args.masks, expectations)
-    # two scorers of one file must not interleave their CSV and JSON; the lock file stays (removing it would race)
-    with exclusive(f"{out}.lock", f"scores {out}"):
-        scores = score_inputs(inputs, device, args.batch_size)
-        write_scores(scores, out, {"manifest": args.manifest, "references": args.references, "metrics": metrics,
-                                   "masks": args.masks})
-    return args.out
+    inputs = [check_inputs(m, args.references, metrics, model_ids, args.masks, expectations) for m in args.manifest]
+    backbones = Backbones(metrics, model_ids=model_ids, device=device, batch_size=args.batch_size)  # once for all
+    for manifest, checked, out in zip(args.manifest, inputs, outs):
+        # two scorers of one file must not interleave their CSV and JSON; the lock file stays (removing it would race)
+        with exclusive(f"{out}.lock", f"scores {out}"):
+            scores = score_inputs(checked, device, args.batch_size, backbones)
+            write_scores(scores, out, {"manifest": manifest, "references": args.references, "metrics": metrics,
+                                       "masks": args.masks})
+    return "\n".join(args.out)
 
 
 def _aggregate(args):

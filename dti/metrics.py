@@ -621,7 +621,7 @@ def check_inputs(manifest, references, metric_names, model_ids=None, masks=None,
     return ScoringInputs(manifest, df, names, model_ids, paths, present, subjects, ref_files, masks, expectations)
 
 
-def score_inputs(inputs: ScoringInputs, device="cpu", batch_size: int = 16):
+def score_inputs(inputs: ScoringInputs, device="cpu", batch_size: int = 16, backbones: "Backbones | None" = None):
     """Score checked inputs; one row per (manifest row, metric), in manifest order, then metric order.
 
     A row whose image file is missing gets NaN for every metric. Attribute metrics have no row
@@ -632,7 +632,8 @@ def score_inputs(inputs: ScoringInputs, device="cpu", batch_size: int = 16):
     import pandas as pd
 
     df, names = inputs.frame, inputs.metric_names
-    backbones = Backbones(names, model_ids=inputs.model_ids, device=device, batch_size=batch_size)
+    if backbones is None:  # else: loaded once for several manifests, with these metrics and model ids
+        backbones = Backbones(names, model_ids=inputs.model_ids, device=device, batch_size=batch_size)
     values = {n: [math.nan] * len(df) for n in names}
     not_asked = {n: set() for n in names}  # attribute metrics with nothing to check in an image: no row
     subject_col = [str(s) for s in df["subject"]]

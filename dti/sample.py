@@ -138,11 +138,30 @@ def sample(run_dir: str | Path, out_dir: str | Path, subject: str, class_noun: s
            seeds: list[int], prompt_set: str, cfg: SampleConfig | None = None, pipe=None) -> Path:
     """Generate every (template, seed) image of one run; returns the manifest's path. Everything is
     checked before the pipeline loads; the output folder is locked while this writes it."""
+    job = SampleJob(Path(run_dir), Path(out_dir), subject, class_noun, list(templates))
+    return sample_group([job], seeds, prompt_set, cfg, pipe)[0]
+
+
+@dataclass
+class SampleJob:
+    """One run's prompt set to sample: its folder, the images' folder, the subject and its class noun."""
+
+    run_dir: Path
+    out_dir: Path
+    subject: str
+    class_noun: str
+    templates: list[str]
+
+
+def sample_group(jobs: list[SampleJob], seeds: list[int], prompt_set: str, cfg: SampleConfig | None = None,
+                 pipe=None) -> list[Path]:
+    """Several runs' prompt sets in one process (returns their manifests): the pipeline loads once and each
+    run's concept is added to it in turn, so the runs must share a base model and their placeholders must
+    differ. A run's images are those it gets alone: a prompt reads only its own concept's tokens, and each
+    image has its own seeded generator. Everything is checked before the pipeline loads; each output
+    folder is locked while it is written."""
     cfg = cfg or SampleConfig()
     cfg.check()
-    check_name(subject, "subject")
-    if not templates:
-        raise DTIError("the prompt set is empty")
     if not seeds:
         raise DTIError("no seeds given")
     if len(set(seeds)) != len(seeds):
@@ -150,20 +169,39 @@ def sample(run_dir: str | Path, out_dir: str | Path, subject: str, class_noun: s
     for seed in seeds:
         check_seed(seed)
     cfg.check_accel(cfg.placement()[0])  # usable on this device, before anything loads
-    record, vectors = read_run(run_dir)
-    family, model = family_class(record["config"]["family"]), record["config"]["model"]
-    out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise DTIError(f"--out {out_dir} is a file, not a folder")
-    with folder_lock(out_dir, f"sample folder {out_dir}"):
-        return _sample_locked(run_dir, out_dir, subject, class_noun, templates, seeds, prompt_set, cfg, pipe,
-                              record, vectors, family, model)
+    if not jobs:
+        raise DTIError("no runs to sample")
+    loaded = []
+    for job in jobs:
+        check_name(job.subject, "subject")
+        if not job.templates:
+            raise DTIError("the prompt set is empty")
+        record, vectors = read_run(job.run_dir)
+        family, model = family_class(record["config"]["family"]), record["config"]["model"]
+        if job.out_dir.exists() and not job.out_dir.is_dir():
+            raise DTIError(f"--out {job.out_dir} is a file, not a folder")
+        loaded.append((record, vectors, family, model))
+    bases = {(family.name, model, model_revision(record)) for record, _, family, model in loaded}
+    if len(bases) > 1:
+        raise DTIError(f"the runs of one sampling job must share their base model; these use {len(bases)}: "
+                       + ", ".join(sorted(f"{m} ({f})" for f, m, _ in bases)))
+    for what, values in (("placeholder", [r["config"]["placeholder"] for r, *_ in loaded]),
+                         ("output folder", [str(job.out_dir) for job in jobs])):
+        twice = sorted({v for v in values if values.count(v) > 1})
+        if twice:
+            raise DTIError(f"two runs of one sampling job have the {what} {twice[0]}; sample them separately")
+    manifests = []
+    for job, (record, vectors, family, model) in zip(jobs, loaded):
+        with folder_lock(job.out_dir, f"sample folder {job.out_dir}"):
+            pipe = pipe or family.load_pipeline(model, *cfg.placement(), model_revision(record))
+            manifests.append(_sample_locked(job.run_dir, job.out_dir, job.subject, job.class_noun, job.templates,
+                                            seeds, prompt_set, cfg, pipe, record, vectors, family, model))
+    return manifests
 
 
 def _sample_locked(run_dir, out_dir: Path, subject: str, class_noun: str, templates: list[str], seeds: list[int],
                    prompt_set: str, cfg: SampleConfig, pipe, record: dict, vectors, family, model: str) -> Path:
     revision = model_revision(record)
-    pipe = pipe or family.load_pipeline(model, *cfg.placement(), revision)
     pipe.set_progress_bar_config(disable=True)  # the progress below counts images; a bar per call is noise
     with quiet_new_embeddings():
         concept = load_embeddings(pipe, run_dir)

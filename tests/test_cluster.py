@@ -94,7 +94,8 @@ def _assert_submitted_through_slurm(output: str, killed: str, tmp_path):
 
     plan = run_snakemake("-n", "--configfile", "experiments/smoke.yaml", "--config", f"results_dir={tmp_path}/plan")
     planned = set(re.findall(r"^rule (\w+):", plan.stdout, re.M)) - {"all"}  # all: no action, runs locally
-    grouped = {"train", "train_ablation", "rescale", "sample", "score"}  # one cluster job per run (the profile)
+    # one cluster job per training group, with its runs' rescaling, sampling and scoring (the profile)
+    grouped = {"train", "train_ablation", "rescale", "sample", "score", "sample_ablation", "score_ablation"}
     assert grouped < planned and LOCAL_RULES < planned and len(planned - grouped - LOCAL_RULES) >= 5
     comments = " ".join(re.findall(r"--comment (\S+)", " ".join(calls)))
     assert "rule_personalize" in comments

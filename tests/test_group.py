@@ -125,3 +125,47 @@ def test_cli_trains_a_group_from_run_objects(tiny_models, ref_images, tmp_path, 
         assert main(common + ["--images", str(ref_images) if "images" not in bad else "", "--placeholder", "<q>",
                               "--run", bad]) == 2
         assert message.replace("\\", "") in capsys.readouterr().err
+
+
+def test_a_group_samples_and_scores_each_run_as_alone(tiny_models, ref_images, metric_models, tmp_path):
+    """dti sample --job ... loads the pipeline once for several runs, dti score --manifest/--out pairs the
+    metric models once: each run's images and scores equal those of its own command."""
+    import numpy as np
+    import pandas as pd
+    from PIL import Image
+
+    cfgs = group_cfgs("sd", tiny_models["sd"], ref_images, steps=1)[:2]  # two runs, two placeholders
+    runs = train_group(cfgs, [tmp_path / "runs" / str(i) for i in range(2)])
+    prompts = tmp_path / "prompts.json"
+    prompts.write_text(json.dumps({"p": {"object": ["a photo of {}", "{} on a beach"], "live": ["{}"]}}))
+    subjects = tmp_path / "subjects.csv"
+    subjects.write_text("subject,class,dti_class,initializer,live\nblob,ball,ball,ball,False\n"
+                        "other,toy,toy,toy,False\n")
+    refs = tmp_path / "refs"
+    for name in ("blob", "other"):
+        shutil.copytree(ref_images, refs / name)
+    common = ["sample", "--prompts", "p", "--prompts-file", str(prompts), "--subjects-file", str(subjects),
+              "--seeds", "0", "1", "--set", "steps=2", "--set", "device=cpu"]
+    jobs = [{"run": str(run), "out": str(tmp_path / "group" / name), "subject": name}
+            for run, name in zip(runs, ("blob", "other"))]
+    assert main(common + [a for job in jobs for a in ("--job", json.dumps(job))]) == 0
+    ids = [f"--model-id={k}={v}" for k, v in metric_models.items()]
+    scoring = ["score", "--references", str(refs), "--protocol", "dreambooth", *ids]
+    pairs = [a for name in ("blob", "other") for a in ("--manifest", str(tmp_path / "group" / name / "manifest.csv"),
+                                                      "--out", str(tmp_path / f"group_{name}.csv"))]
+    assert main(scoring + pairs) == 0
+    for job in jobs:
+        name = job["subject"]
+        assert main(common + ["--run", job["run"], "--subject", name, "--out", str(tmp_path / "alone" / name)]) == 0
+        files = sorted(p.relative_to(tmp_path / "alone" / name) for p in (tmp_path / "alone" / name).rglob("*.png"))
+        assert len(files) == 4
+        for f in files:
+            a, b = (np.asarray(Image.open(tmp_path / where / name / f), dtype=int) for where in ("alone", "group"))
+            assert np.abs(a - b).max() <= 1, f  # one grey level of float rounding at most
+        assert main(scoring + ["--manifest", str(tmp_path / "alone" / name / "manifest.csv"),
+                               "--out", str(tmp_path / f"alone_{name}.csv")]) == 0
+        alone, grouped = (pd.read_csv(tmp_path / f"{where}_{name}.csv") for where in ("alone", "group"))
+        assert len(alone) == len(grouped) == 4 * 4  # 4 images x the dreambooth protocol's 4 metrics
+        assert np.allclose(alone["value"], grouped["value"], atol=1e-3)
+    assert main(["sample", "--job", json.dumps(jobs[0]), "--run", "x"] + common[1:]) == 2
+    assert main(scoring + pairs[:4] + ["--manifest", pairs[5]]) == 2  # two manifests, one --out

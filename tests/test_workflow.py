@@ -34,16 +34,19 @@ def train_runs(command: str) -> list[dict]:
 
 
 # (config file, extra --config, expected job counts): 30 DreamBooth subjects, 3 trained methods
-# + TI-rescaled, 5 ablation cells on SDXL. Training jobs: one per method (or cell) and seed on the mini world
-# (all subjects in one group), one per run on the GPU configurations (runs_per_job: 1).
+# + TI-rescaled, 5 ablation cells on SDXL. Training, sampling and scoring jobs: one per method (or cell) and seed
+# on the mini world (all subjects in one group), one per run on the GPU configurations (runs_per_job: 1).
 PLANS = [
-    ("mini.yaml", [], {"train": 3, "rescale": 6, "sample": 24 + 15, "score": 39, "train_ablation": 5,
-                      "ablation_cell": 5, "interpolation": 2, "main_table": 1, "ablation_table": 1}),
-    ("smoke.yaml", [], {"train": 2, "rescale": 2, "sample": 8, "score": 8, "train_ablation": 2, "ablation_cell": 2,
-                       "interpolation": 2, "main_table": 1, "ablation_table": 1}),
-    ("sdxl.yaml", [], {"dreambooth_data": 1, "train": 90, "rescale": 30, "sample": 120 + 150, "score": 270,
-                      "train_ablation": 150, "ablation_cell": 5, "main_table": 1, "ablation_table": 1}),
-    ("sdxl.yaml", ["protocol=dreambooth"], {"train": 90, "sample": 270, "ablation_table": 1}),
+    ("mini.yaml", [], {"train": 3, "rescale": 6, "sample": 4, "score": 4, "train_ablation": 5, "sample_ablation": 5,
+                      "score_ablation": 5, "ablation_cell": 5, "interpolation": 2, "main_table": 1,
+                      "ablation_table": 1}),
+    ("smoke.yaml", [], {"train": 2, "rescale": 2, "sample": 3, "score": 3, "train_ablation": 2, "sample_ablation": 2,
+                       "score_ablation": 2, "ablation_cell": 2, "interpolation": 2, "main_table": 1,
+                       "ablation_table": 1}),
+    ("sdxl.yaml", [], {"dreambooth_data": 1, "train": 90, "rescale": 30, "sample": 120, "sample_ablation": 150,
+                      "score": 120, "score_ablation": 150, "train_ablation": 150, "ablation_cell": 5, "main_table": 1,
+                      "ablation_table": 1}),
+    ("sdxl.yaml", ["protocol=dreambooth"], {"train": 90, "sample": 120, "sample_ablation": 150, "ablation_table": 1}),
     ("sana_1.6b.yaml", [], {"train": 90, "rescale": 30, "sample": 120, "score": 120, "main_table": 1}),
     ("sana_4.8b.yaml", [], {"train": 90, "rescale": 30, "sample": 120, "score": 120, "main_table": 1}),
 ]
@@ -99,6 +102,20 @@ def test_sana_authors_preset_reproduces_the_launchers_confounds_included(tmp_pat
     assert all("zero_pad=True" in r["shared_set"] for r in train["dti"])
     assert candle["dti"]["out"] == f"{tmp_path}/sana_1.6b_authors/runs/dti/candle/seed42"  # its own results folder
     assert "--paper sana_1.6b --preset authors" in plan.stdout
+
+
+def test_ablation_cells_train_at_their_own_seeds(tmp_path):
+    """ablation.seeds: the cells (and the default row they are paired with) at those training seeds only."""
+    config = smoke_with(tmp_path, {"seeds": [0, 1], "ablation": {"seeds": [1]}})
+    plan = snakemake("-n", "-p", "--configfile", config, "--config", f"results_dir={tmp_path}", cores=8)
+    assert plan.returncode == 0, plan.stderr[-2000:]
+    runs = [run for c in shell_commands(plan.stdout) if " -m dti train " in c for run in train_runs(c)]
+    cells = [r for r in runs if "/ablation/" in r["out"]]
+    assert cells and {r["seed"] for r in cells} == {1}
+    assert {r["seed"] for r in runs if "/ablation/" not in r["out"]} == {0, 1}
+    bad = snakemake("-n", "--configfile", smoke_with(tmp_path, {"ablation": {"seeds": [3]}}, "bad.yaml"),
+                    "--config", f"results_dir={tmp_path}")
+    assert bad.returncode != 0 and "config ablation.seeds: 3 is not a training seed" in bad.stdout + bad.stderr
 
 
 def test_schema_names_the_bad_key(tmp_path):

@@ -6,6 +6,7 @@ ABLATION = config.get("ablation", {"cells": []})
 CELLS = Paramspace(pd.DataFrame(ABLATION["cells"], columns=["direction_optimizer", "m_star", "kappa"]),
                    filename_params="*")
 ABLATION_SUBJECTS = ABLATION.get("subjects") or SUBJECTS
+ABLATION_SEEDS = ABLATION.get("seeds") or SEEDS  # training seeds of the cells, and of the default row they meet
 CELL = f"{OUT}/ablation/{CELLS.wildcard_pattern}"  # one cell's folder, with the cell's wildcards
 
 
@@ -27,13 +28,43 @@ for _k, _part in enumerate(ABLATION_PARTS):
         resources: **train_resources(len(_part))
         log: log_of("ablation", CELLS.wildcard_pattern, f"seed{{seed}}_part{_k}.log")
         benchmark: benchmark_of("ablation", CELLS.wildcard_pattern, f"seed{{seed}}_part{_k}.tsv")
+        group: CLUSTER_GROUP
         conda: CONDA_ENV
         shell: TRAIN_COMMAND
+
+    rule:
+        name: part_rule_name("sample_ablation", _k, ABLATION_PARTS)
+        input: runs=[run_embeds("dti", subject, "{seed}", prefix=CELL) for subject in _part], world=WORLD_FILES
+        output: manifests=[os.path.join(folder, MANIFEST) for folder in run_files(SAMPLES, CELL, "dti", _part)]
+        wildcard_constraints: seed=r"\d+"
+        params: **sample_params(CELL, "dti", _part)
+        threads: threads("sample")
+        resources: **job_resources("sample")
+        log: f"{CELL}/logs/sample/dti_seed{{seed}}_part{_k}.log"
+        benchmark: f"{CELL}/benchmarks/sample/dti_seed{{seed}}_part{_k}.tsv"
+        group: CLUSTER_GROUP
+        conda: CONDA_ENV
+        shell: SAMPLE_COMMAND
+
+    rule:
+        name: part_rule_name("score_ablation", _k, ABLATION_PARTS)
+        input: manifests=[os.path.join(folder, MANIFEST) for folder in run_files(SAMPLES, CELL, "dti", _part)],
+               images=IMAGES_INPUT
+        output: scores=run_files(SCORES, CELL, "dti", _part)
+        wildcard_constraints: seed=r"\d+"
+        params: **score_params(CELL, "dti", _part)
+        threads: threads("score")
+        resources: **job_resources("score")
+        log: f"{CELL}/logs/score/dti_seed{{seed}}_part{_k}.log"
+        benchmark: f"{CELL}/benchmarks/score/dti_seed{{seed}}_part{_k}.tsv"
+        group: CLUSTER_GROUP
+        conda: CONDA_ENV
+        shell: SCORE_COMMAND
 
 
 rule ablation_cell:
     localrule: True
-    input: lambda wildcards: scores_of(CELL.format(**wildcards), ["dti"], ABLATION_SUBJECTS)
+    input: lambda wildcards: scores_of(CELL.format(**wildcards), ["dti"], ABLATION_SUBJECTS, ABLATION_SEEDS)
     output: summary=cell_summary(CELLS.wildcard_pattern)
     params: **aggregate_params(ABLATION_SUBJECTS)
     log: log_of("ablation", CELLS.wildcard_pattern, "aggregate.log")
@@ -44,7 +75,7 @@ rule ablation_cell:
 rule ablation_default:
     # The default DTI cell on the ablation's subjects, from the main table's DTI runs.
     localrule: True
-    input: scores_of(OUT, ["dti"], ABLATION_SUBJECTS)
+    input: scores_of(OUT, ["dti"], ABLATION_SUBJECTS, ABLATION_SEEDS)
     output: summary=cell_summary("default")
     params: **aggregate_params(ABLATION_SUBJECTS)
     log: log_of("ablation", "default", "aggregate.log")
@@ -66,7 +97,7 @@ rule ablation_table:
         cells=" ".join(f"--cell {shlex.quote(f'{cell_label(row)}={cell_summary(pattern)}')}"
                        for (_, row), pattern in zip(CELLS.iterrows(), CELLS.instance_patterns)),
         metrics=f"--image-metric {IMAGE_METRIC} --text-metric {TEXT_METRIC}",
-        default_runs=[run_dir("dti", subject, seed) for subject in ABLATION_SUBJECTS for seed in SEEDS],
+        default_runs=[run_dir("dti", subject, seed) for subject in ABLATION_SUBJECTS for seed in ABLATION_SEEDS],
         paper=PAPER_OPTION,
         preset=PRESET_OPTION,
         out=lambda wildcards, output: os.path.dirname(output.md),

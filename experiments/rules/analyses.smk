@@ -155,7 +155,7 @@ rule ablation_view:
 
 
 ABLATION_RUNS = [run_embeds("dti", subject, seed, prefix=f"{OUT}/ablation/{pattern}")
-                 for pattern in CELLS.instance_patterns for subject in ABLATION_SUBJECTS for seed in SEEDS]
+                 for pattern in CELLS.instance_patterns for subject in ABLATION_SUBJECTS for seed in ABLATION_SEEDS]
 
 
 rule step_sizes:

@@ -123,6 +123,10 @@ def config_problems(config) -> list[str]:
             else:
                 check(key, check_name, subject, "subject")  # it becomes a folder name
     check("data.prompt_set", read_prompt_set, DATA["prompt_set"], False, DATA["prompts_file"])
+    extra_seeds = sorted(set(config.get("ablation", {}).get("seeds") or []) - set(config["seeds"]))
+    if extra_seeds:
+        problems.append(f"config ablation.seeds: {extra_seeds[0]} is not a training seed (seeds): the ablation's "
+                        "default row is the main table's DTI runs at these seeds")
     if config.get("preset") and config["preset"] not in PRESETS:
         problems.append(f"config preset: unknown preset {config['preset']!r}; "
                         + (f"valid: {', '.join(PRESETS)}" if PRESETS else "this configuration defines none"))
@@ -257,6 +261,9 @@ def part_rule_name(rule: str, k: int, parts: list) -> str:
     return rule if len(parts) == 1 else f"{rule}_part{k}"
 
 
+# On a cluster (ignored when run locally), a training job and the rescaling, sampling and scoring of its runs go
+# as one job: one allocation reads the base model, instead of a queue wait for each.
+CLUSTER_GROUP = "personalize"
 TRAIN_COMMAND = ("{params.env} {params.gpu} python -m dti train --model {params.model:q} --resume {params.settings}"
                  " {params.runs} > {log:q} 2>&1")
 
@@ -282,6 +289,55 @@ def train_resources(runs: int) -> dict:
     r = job_resources("train")
     extra = resources("train").get("mem_mb_per_run", 0)
     return {**r, "mem_mb": r["mem_mb"] + extra * (runs - 1), "runtime": r["runtime"] * runs}
+
+
+# Sampling and scoring jobs: like training, one per group of runs (a method or ablation cell, a seed, a part of the
+# subjects): `dti sample --job ...` loads the pipeline once and `dti score --manifest ... --out ...` the metric
+# models once for the group; each run keeps its own images, manifest and scores file.
+SAMPLES = "{prefix}/samples/{method}/{subject}/seed{seed}"  # one run's images and manifest.csv
+SCORES = "{prefix}/scores/{method}/{subject}/seed{seed}.csv"  # one run's scores
+MANIFEST = "manifest.csv"  # in a run's SAMPLES folder
+
+
+def run_files(pattern: str, prefix: str, method: str, subjects: list[str]) -> list[str]:
+    """``pattern`` (SAMPLES or SCORES) for each subject; ``prefix`` and ``method`` may be wildcards, the seed is one."""
+    return [pattern.format(prefix=prefix, method=method, subject=subject, seed="{seed}") for subject in subjects]
+
+
+SAMPLE_COMMAND = ("{params.env} {params.gpu} python -m dti sample {params.jobs} {params.prompts} --seeds {params.seeds}"
+                  " {params.settings} > {log:q} 2>&1")
+
+
+def sample_params(prefix, method, subjects) -> dict:
+    """The params SAMPLE_COMMAND reads; ``prefix`` and ``method`` may hold wildcards (filled per job)."""
+    def jobs(wildcards) -> str:
+        where, name = prefix.format(**wildcards), method.format(**wildcards)
+        runs = [{"run": run_dir(name, subject, wildcards.seed, where), "subject": subject,
+                 "out": SAMPLES.format(prefix=where, method=name, subject=subject, seed=wildcards.seed)}
+                for subject in subjects]
+        return " ".join(f"--job {shlex.quote(json.dumps(run, sort_keys=True))}" for run in runs)
+
+    return {"jobs": jobs, "settings": settings(config["sample"].get("settings")), "seeds": SAMPLE_SEEDS,
+            "prompts": (f"--prompts {shlex.quote(DATA['prompt_set'])} --prompts-file {shlex.quote(DATA['prompts_file'])}"
+                        f" --subjects-file {shlex.quote(DATA['subjects_file'])}"),
+            "env": torch_env("sample"), "gpu": gpu_wrap("sample")}
+
+
+SCORE_COMMAND = ("{params.env} {params.gpu} python -m dti score {params.pairs} --references {input.images:q}"
+                 " --protocol {params.protocol:q} {params.options} --device {params.device:q} > {log:q} 2>&1")
+
+
+def score_params(prefix, method, subjects) -> dict:
+    """The params SCORE_COMMAND reads: each run's manifest and scores file, in pairs."""
+    def pairs(wildcards) -> str:
+        where, name = prefix.format(**wildcards), method.format(**wildcards)
+        return " ".join(
+            f"--manifest {shlex.quote(os.path.join(SAMPLES.format(prefix=where, method=name, subject=s, seed=wildcards.seed), MANIFEST))}"
+            f" --out {shlex.quote(SCORES.format(prefix=where, method=name, subject=s, seed=wildcards.seed))}"
+            for s in subjects)
+
+    return {"pairs": pairs, "env": torch_env("score"), "gpu": gpu_wrap("score"), "device": SCORE.get("device", "auto"),
+            "protocol": SCORE["protocol"], "options": " ".join(filter(None, [MODEL_IDS, ATTRIBUTES, MASKS]))}
 
 
 # `dti aggregate` of a rule's score files (its input) into one folder (summary.csv, per_subject.csv),
@@ -312,9 +368,10 @@ IMAGE_METRIC, TEXT_METRIC = {"paper": ("dinov2", "siglip"), "dreambooth": ("dino
                              "mini": ("mini_patch", "mini_clip_t")}[SCORE["protocol"]]
 
 
-def scores_of(prefix, methods, subjects):
-    """Every seed's scores of the given methods and subjects, under ``prefix`` (SCORES: evaluate.smk)."""
-    return expand(SCORES, prefix=prefix, method=methods, subject=subjects, seed=SEEDS)
+def scores_of(prefix, methods, subjects, seeds=None):
+    """The scores of the given methods and subjects at each of ``seeds`` (default: the training seeds),
+    under ``prefix`` (SCORES)."""
+    return expand(SCORES, prefix=prefix, method=methods, subject=subjects, seed=seeds or SEEDS)
 
 
 # The ablation's folders (experiments/rules/ablation.smk): one per cell, named by its parameters.

@@ -1,48 +1,36 @@
-# Evaluation: sample every run's prompt set, score it, aggregate, and write the main table.
-# Sample and score are generic over the folder holding the runs ({prefix}: the main table's or
-# one ablation cell's), so both tables are made by the same rules.
-SAMPLES = "{prefix}/samples/{method}/{subject}/seed{seed}"  # one run's images and manifest.csv
-SCORES = "{prefix}/scores/{method}/{subject}/seed{seed}.csv"  # one run's scores
+# Evaluation: sample every run's prompt set, score it, aggregate, and write the main table. Sampling and
+# scoring run in groups (common.smk): one job per method and seed (and part of the subjects), here for the main
+# table's runs, in ablation.smk for each cell's.
+for _k, _part in enumerate(TRAIN_PARTS):
 
+    rule:
+        name: part_rule_name("sample", _k, TRAIN_PARTS)
+        input: runs=[run_embeds("{method}", subject, "{seed}") for subject in _part], world=WORLD_FILES
+        output: manifests=[os.path.join(folder, MANIFEST) for folder in run_files(SAMPLES, OUT, "{method}", _part)]
+        wildcard_constraints: seed=r"\d+", method=r"[a-z_]+"
+        params: **sample_params(OUT, "{method}", _part)
+        threads: threads("sample")
+        resources: **job_resources("sample")
+        log: f"{OUT}/logs/sample/{{method}}_seed{{seed}}_part{_k}.log"
+        benchmark: f"{OUT}/benchmarks/sample/{{method}}_seed{{seed}}_part{_k}.tsv"
+        group: CLUSTER_GROUP
+        conda: CONDA_ENV
+        shell: SAMPLE_COMMAND
 
-rule sample:
-    input: run=run_embeds("{method}", "{subject}", "{seed}", prefix="{prefix}"), world=WORLD_FILES
-    output: manifest=f"{SAMPLES}/manifest.csv"
-    wildcard_constraints: seed=r"\d+", method=r"[a-z_]+", subject=r"[^/]+"
-    params:
-        run=lambda wildcards, input: os.path.dirname(input.run),
-        out=lambda wildcards, output: os.path.dirname(output.manifest),
-        settings=settings(config["sample"].get("settings")),
-        prompts=(f"--prompts {shlex.quote(DATA['prompt_set'])} --prompts-file {shlex.quote(DATA['prompts_file'])}"
-                 f" --subjects-file {shlex.quote(DATA['subjects_file'])}"),
-        seeds=SAMPLE_SEEDS,
-        env=torch_env("sample"),
-        gpu=gpu_wrap("sample"),
-    threads: threads("sample")
-    resources: **job_resources("sample")
-    log: "{prefix}/logs/sample/{method}_{subject}_seed{seed}.log"
-    benchmark: "{prefix}/benchmarks/sample/{method}_{subject}_seed{seed}.tsv"
-    conda: CONDA_ENV
-    shell:
-        "{params.env} {params.gpu} python -m dti sample --run {params.run:q} --out {params.out:q}"
-        " --subject {wildcards.subject:q} {params.prompts} --seeds {params.seeds} {params.settings} > {log:q} 2>&1"
-
-
-rule score:
-    input: manifest=rules.sample.output.manifest, images=IMAGES_INPUT
-    output: SCORES
-    wildcard_constraints: seed=r"\d+", method=r"[a-z_]+", subject=r"[^/]+"
-    params:
-        env=torch_env("score"), gpu=gpu_wrap("score"), device=SCORE.get("device", "auto"),
-        protocol=SCORE["protocol"], options=" ".join(filter(None, [MODEL_IDS, ATTRIBUTES, MASKS])),
-    threads: threads("score")
-    resources: **job_resources("score")
-    log: "{prefix}/logs/score/{method}_{subject}_seed{seed}.log"
-    benchmark: "{prefix}/benchmarks/score/{method}_{subject}_seed{seed}.tsv"
-    conda: CONDA_ENV
-    shell:
-        "{params.env} {params.gpu} python -m dti score --manifest {input.manifest:q} --references {input.images:q}"
-        " --protocol {params.protocol:q} {params.options} --device {params.device:q} --out {output:q} > {log:q} 2>&1"
+    rule:
+        name: part_rule_name("score", _k, TRAIN_PARTS)
+        input: manifests=[os.path.join(folder, MANIFEST) for folder in run_files(SAMPLES, OUT, "{method}", _part)],
+               images=IMAGES_INPUT
+        output: scores=run_files(SCORES, OUT, "{method}", _part)
+        wildcard_constraints: seed=r"\d+", method=r"[a-z_]+"
+        params: **score_params(OUT, "{method}", _part)
+        threads: threads("score")
+        resources: **job_resources("score")
+        log: f"{OUT}/logs/score/{{method}}_seed{{seed}}_part{_k}.log"
+        benchmark: f"{OUT}/benchmarks/score/{{method}}_seed{{seed}}_part{_k}.tsv"
+        group: CLUSTER_GROUP
+        conda: CONDA_ENV
+        shell: SCORE_COMMAND
 
 
 MAIN_SCORES = f"{OUT}/tables/main_scores"  # the main table's aggregated scores

@@ -18,6 +18,7 @@ for _k, _part in enumerate(TRAIN_PARTS):
         resources: **train_resources(len(_part))
         log: log_of("train", f"{{method}}_seed{{seed}}_part{_k}.log")
         benchmark: benchmark_of("train", f"{{method}}_seed{{seed}}_part{_k}.tsv")
+        group: CLUSTER_GROUP
         conda: CONDA_ENV
         shell: TRAIN_COMMAND
 
@@ -31,5 +32,6 @@ rule rescale:
         stat=config["rescale_stat"],
     resources: mem_mb=2000, runtime=10
     log: log_of("rescale", "{subject}_seed{seed}.log")
+    group: CLUSTER_GROUP
     conda: CONDA_ENV
     shell: "python -m dti rescale --run {params.run:q} --stat {params.stat:q} --out {params.out:q} > {log:q} 2>&1"
