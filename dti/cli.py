@@ -4,6 +4,7 @@ aggregate, tables, claims); python -m dti COMMAND --help for each."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import sys
 import textwrap
@@ -346,10 +347,12 @@ def _score(args):
     device = str(resolve_device(args.device))
     expectations = expectations_for(metrics, args.prompt_sets, args.subjects) if args.prompt_sets else None
     inputs = [check_inputs(m, args.references, metrics, model_ids, args.masks, expectations) for m in args.manifest]
-    backbones = Backbones(metrics, model_ids=model_ids, device=device, batch_size=args.batch_size)  # once for all
-    for manifest, checked, out in zip(args.manifest, inputs, outs):
+    with contextlib.ExitStack() as locks:
         # two scorers of one file must not interleave their CSV and JSON; the lock file stays (removing it would race)
-        with exclusive(f"{out}.lock", f"scores {out}"):
+        for out in outs:  # all taken before any model loads
+            locks.enter_context(exclusive(f"{out}.lock", f"scores {out}"))
+        backbones = Backbones(metrics, model_ids=model_ids, device=device, batch_size=args.batch_size)  # once for all
+        for manifest, checked, out in zip(args.manifest, inputs, outs):
             scores = score_inputs(checked, device, args.batch_size, backbones)
             write_scores(scores, out, {"manifest": manifest, "references": args.references, "metrics": metrics,
                                        "masks": args.masks})

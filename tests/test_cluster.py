@@ -23,7 +23,7 @@ pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 START = ROOT / "tests" / "cluster" / "start_slurm.sh"
 # Rules of seconds (tables and their figures) are `localrule: True`: never a cluster job.
 LOCAL_RULES = {"aggregate_main", "main_table", "ablation_cell", "ablation_default", "ablation_table",
-               "training_curves", "ablation_view", "qualitative_grid", "step_sizes", "claims", "job_costs"}
+               "training_curves", "ablation_view", "qualitative_grid", "step_sizes", "claims", "job_costs", "rescale"}
 
 
 def _unavailable(reason: str):
@@ -93,9 +93,10 @@ def _assert_submitted_through_slurm(output: str, killed: str, tmp_path):
     assert len(resubmitted) == 2, resubmitted  # the same Snakemake job, under a new SLURM job id
 
     plan = run_snakemake("-n", "--configfile", "experiments/smoke.yaml", "--config", f"results_dir={tmp_path}/plan")
-    planned = set(re.findall(r"^rule (\w+):", plan.stdout, re.M)) - {"all"}  # all: no action, runs locally
-    # one cluster job per training group, with its runs' rescaling, sampling and scoring (the profile)
-    grouped = {"train", "train_ablation", "rescale", "sample", "score", "sample_ablation", "score_ablation"}
+    # all: no action, runs locally; the rules of a group are listed indented under it
+    planned = set(re.findall(r"^\s*rule (\w+):", plan.stdout, re.M)) - {"all"}
+    # one cluster job per training group, with its runs' sampling and scoring (group: personalize)
+    grouped = {"train", "train_ablation", "sample", "score", "sample_ablation", "score_ablation"}
     assert grouped < planned and LOCAL_RULES < planned and len(planned - grouped - LOCAL_RULES) >= 5
     comments = " ".join(re.findall(r"--comment (\S+)", " ".join(calls)))
     assert "rule_personalize" in comments

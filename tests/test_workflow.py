@@ -342,7 +342,8 @@ def test_smoke_workflow_end_to_end_then_one_cell_rerun(smoke_local, tmp_path):
     changed.write_text(yaml.safe_dump(smoke))
     plan = snakemake("-n", "--configfile", str(changed))
     counts = job_counts(plan.stdout)
-    assert counts == {"train_ablation": 1, "sample": 1, "score": 1, "ablation_cell": 1, "ablation_table": 1,
+    assert counts == {"train_ablation": 1, "sample_ablation": 1, "score_ablation": 1, "ablation_cell": 1,
+                      "ablation_table": 1,
                       "ablation_view": 1, "step_sizes": 1, "claims": 1, "job_costs": 1, "all": 1, "total": 10}, counts
     # the new cell's jobs are planned; no job of the unchanged cell is (its runs are only read, by step_sizes)
     assert "kappa~0.0002" in plan.stdout and not re.search(r"^\s+output: \S*kappa~0\.0001", plan.stdout, re.M)

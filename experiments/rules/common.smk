@@ -261,7 +261,7 @@ def part_rule_name(rule: str, k: int, parts: list) -> str:
     return rule if len(parts) == 1 else f"{rule}_part{k}"
 
 
-# On a cluster (ignored when run locally), a training job and the rescaling, sampling and scoring of its runs go
+# On a cluster (ignored when run locally), a training job and the sampling and scoring of its runs go
 # as one job: one allocation reads the base model, instead of a queue wait for each.
 CLUSTER_GROUP = "personalize"
 TRAIN_COMMAND = ("{params.env} {params.gpu} python -m dti train --model {params.model:q} --resume {params.settings}"

@@ -24,6 +24,9 @@ for _k, _part in enumerate(TRAIN_PARTS):
 
 
 rule rescale:
+    # seconds of work: run by the submitting Snakemake on a cluster (in a group it would run beside its
+    # training group's sampling, and ask the cluster for one CPU more than one job needs)
+    localrule: True
     input: ti=run_embeds("ti", "{subject}", "{seed}")
     output: embeds=run_embeds("ti_rescaled", "{subject}", "{seed}")
     params:
@@ -32,6 +35,5 @@ rule rescale:
         stat=config["rescale_stat"],
     resources: mem_mb=2000, runtime=10
     log: log_of("rescale", "{subject}_seed{seed}.log")
-    group: CLUSTER_GROUP
     conda: CONDA_ENV
     shell: "python -m dti rescale --run {params.run:q} --stat {params.stat:q} --out {params.out:q} > {log:q} 2>&1"
