@@ -205,9 +205,21 @@ def _add_tables(p):
     p.add_argument("--out", required=True, help="folder for NAME.csv, NAME.md, NAME.tex")
 
 
+def _json_object(text: str, flag: str) -> dict:
+    """The JSON object a repeatable option (--run, --job) was given, or a one-line error naming it."""
+    import json
+
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise DTIError(f"{flag} {text[:60]!r}: not JSON ({exc.msg})") from None
+    if not isinstance(value, dict):
+        raise DTIError(f"{flag} {text[:60]!r}: not a JSON object")
+    return value
+
+
 def _run_options(args) -> list[dict]:
     """Each run's own values: one per --run, or the flags alone; every required one present."""
-    import json
 
     shared = {"out": args.out, "method": args.method, "images": args.images, "placeholder": args.placeholder,
               "initializer": args.initializer, "seed": args.seed, "steps": args.steps, "set": []}
@@ -216,12 +228,7 @@ def _run_options(args) -> list[dict]:
     else:
         runs = []
         for text in args.runs:
-            try:
-                own = json.loads(text)
-            except json.JSONDecodeError as exc:
-                raise DTIError(f"--run {text[:60]!r}: not JSON ({exc.msg})") from None
-            if not isinstance(own, dict):
-                raise DTIError(f"--run {text[:60]!r}: not a JSON object")
+            own = _json_object(text, "--run")
             unknown = sorted(set(own) - set(RUN_KEYS))
             if unknown:
                 raise DTIError(f"--run: unknown key {unknown[0]!r}; valid: {', '.join(RUN_KEYS)}")
@@ -263,7 +270,6 @@ def _data(args):
 
 def _sample_jobs(args) -> list[dict]:
     """Each run's run, out and subject: one per --job, or the flags."""
-    import json
 
     if not args.jobs:
         missing = [flag for flag in ("run", "out", "subject") if not getattr(args, flag)]
@@ -274,11 +280,8 @@ def _sample_jobs(args) -> list[dict]:
         raise DTIError("--job gives each run's run, out and subject: leave --run, --out and --subject out")
     jobs = []
     for text in args.jobs:
-        try:
-            job = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise DTIError(f"--job {text[:60]!r}: not JSON ({exc.msg})") from None
-        if not isinstance(job, dict) or sorted(job) != ["out", "run", "subject"]:
+        job = _json_object(text, "--job")
+        if sorted(job) != ["out", "run", "subject"]:
             raise DTIError(f"--job {text[:60]!r}: must be an object with exactly run, out and subject")
         jobs.append(job)
     return jobs

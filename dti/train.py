@@ -160,15 +160,17 @@ def _train_locked(runs: list[PreparedRun], resume: bool, family):
     records, starts = [], []
     for trainer, (run, state) in zip(trainers, todo):
         trainer.accel_notes = notes
-        records.append(_start(trainer, run, state, hub))
-        starts.append(trainer.resume_step)
+        record, step = _start(trainer, run, state, hub)
+        records.append(record)
+        starts.append(step)
     fit_group(trainers, [run.out_dir for run, _ in todo], starts)
     for trainer, record, (run, _) in zip(trainers, records, todo):
         _finish(trainer, record, run.out_dir)
 
 
-def _start(trainer: "Trainer", run: PreparedRun, state: str, hub: bool) -> dict:
-    """A run's record written with status "running", its folder set for step 0 or its checkpoint loaded."""
+def _start(trainer: "Trainer", run: PreparedRun, state: str, hub: bool) -> tuple[dict, int]:
+    """A run's record written with status "running", its folder set for step 0 or its checkpoint loaded;
+    returns the record and the step the run starts from."""
     cfg, out_dir = run.cfg, run.out_dir
     record = {
         "config": dataclasses.asdict(cfg), "tokens": trainer.tokens, "vectors": len(trainer.tokens),
@@ -192,9 +194,8 @@ def _start(trainer: "Trainer", run: PreparedRun, state: str, hub: bool) -> dict:
         (out_dir / LOG).unlink(missing_ok=True)
         for name in (VALIDATION, TENSORBOARD):  # an earlier run's, in this folder
             shutil.rmtree(out_dir / name, ignore_errors=True)
-    trainer.resume_step = step
     write_json(record, out_dir / RECORD)
-    return record
+    return record, step
 
 
 def _finish(trainer: "Trainer", record: dict, out_dir: Path):
@@ -327,7 +328,7 @@ class Trainer:
         self.token_string = family.token_string(self.tokens)
         self.gen = torch.Generator().manual_seed(cfg.seed)
         self.group = [self]  # the runs sharing this pipeline (fit_group sets it)
-        self.step_count = self.resume_step = 0
+        self.step_count = 0
         self.log = self.writer = None  # open() starts them
         # Validation images: the family's sampling protocol (size, guidance), at validation_steps.
         self.validation_call = (pipeline_call(family, family.pipe, SampleConfig(steps=cfg.validation_steps))[1]
