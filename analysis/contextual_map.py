@@ -115,7 +115,7 @@ def plot(df: pd.DataFrame, out_dir: Path, labels: dict | None = None):
     return fig
 
 
-def main(argv=None):
+def parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--model", required=True, help="base pipeline (hub id or folder)")
     parser.add_argument("--runs", nargs="*", default=[], help="finished run directories to place among the words")
@@ -124,12 +124,20 @@ def main(argv=None):
     parser.add_argument("--unrelated", nargs="+", default=WORDS["unrelated"], help="words unrelated to them")
     parser.add_argument("--figures", required=True)
     parser.add_argument("--tables", required=True)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def analyse(args, encoders):
+    """Write the tables and figures of ``args`` (from ``parser()``) with the text encoders already loaded."""
     words = {"related": args.related, "unrelated": args.unrelated}
-    encoders = load_text_encoders(args.model)
     df = contextual_map(encoders, learned_vectors(args.runs), args.template, words)
     write_csv(df, Path(args.tables) / "contextual_map.csv")
     plot(df, Path(args.figures), {e.name: e.label for e in encoders})
+
+
+def main(argv=None):
+    args = parser().parse_args(argv)
+    analyse(args, load_text_encoders(args.model))
 
 
 if __name__ == "__main__":

@@ -29,15 +29,24 @@ def nearest_words(encoders, runs: list[dict], k: int = 10) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["method", "run", "encoder", "vector", "by", "rank", "token", "value"])
 
 
-def main(argv=None):
+def parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--model", required=True, help="base pipeline (hub id or folder)")
     parser.add_argument("--runs", nargs="+", required=True, help="finished run directories")
     parser.add_argument("--tables", required=True)
     parser.add_argument("--k", type=int, default=10, help="neighbours per token and measure")
-    args = parser.parse_args(argv)
-    table = nearest_words(load_text_encoders(args.model), learned_vectors(args.runs), args.k)
+    return parser
+
+
+def analyse(args, encoders):
+    """Write the tables and figures of ``args`` (from ``parser()``) with the text encoders already loaded."""
+    table = nearest_words(encoders, learned_vectors(args.runs), args.k)
     write_csv(table, Path(args.tables) / "nearest_words.csv")
+
+
+def main(argv=None):
+    args = parser().parse_args(argv)
+    analyse(args, load_text_encoders(args.model))
 
 
 if __name__ == "__main__":

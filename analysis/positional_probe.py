@@ -189,7 +189,7 @@ def plot_probe(df: pd.DataFrame, out_dir: Path, name: str = "positional_probe", 
     return fig
 
 
-def main(argv=None):
+def parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, help="diffusers pipeline (hub id or folder) to probe")
     parser.add_argument("--runs", nargs="*", default=[], help="run directories trained on that model")
@@ -202,12 +202,20 @@ def main(argv=None):
     parser.add_argument("--test-rows", type=int, default=32, help="held-out vocabulary rows tested at every position")
     parser.add_argument("--hidden", type=int, default=256, help="width of the probe's hidden layer")
     parser.add_argument("--steps", type=int, default=300, help="full-batch Adam steps")
-    args = parser.parse_args(argv)
-    encoders = load_text_encoders(args.model)
+    return parser
+
+
+def analyse(args, encoders):
+    """Write the tables and figures of ``args`` (from ``parser()``) with the text encoders already loaded."""
     df = probe_model(args.model, args.runs, args.scales, args.seed, encoders, n_train=args.train_rows,
                      n_test=args.test_rows, hidden=args.hidden, steps=args.steps)
     write_csv(df, Path(args.tables) / "positional_probe.csv")
     plot_probe(df, Path(args.figures), labels={e.name: e.label for e in encoders})
+
+
+def main(argv=None):
+    args = parser().parse_args(argv)
+    analyse(args, load_text_encoders(args.model))
 
 
 if __name__ == "__main__":

@@ -211,7 +211,7 @@ def plot_stagnation(df: pd.DataFrame, out_dir: Path, name: str = "residual_stagn
     return fig
 
 
-def main(argv=None):
+def parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, help="diffusers pipeline (hub id or folder)")
     parser.add_argument("--runs", nargs="*", default=[], help="run directories trained on that model")
@@ -220,11 +220,19 @@ def main(argv=None):
     parser.add_argument("--template", default=TEMPLATE, help="prompt with {} where the token goes")
     parser.add_argument("--initializer", default="dog", help="word whose embedding direction is swept over norms")
     parser.add_argument("--scales", type=float, nargs="+", default=list(SCALES))
-    args = parser.parse_args(argv)
-    encoders = load_text_encoders(args.model)
+    return parser
+
+
+def analyse(args, encoders):
+    """Write the tables and figures of ``args`` (from ``parser()``) with the text encoders already loaded."""
     df = stagnation_model(args.model, args.runs, args.scales, args.template, args.initializer, encoders)
     write_csv(df, Path(args.tables) / "residual_stagnation.csv")
     plot_stagnation(df, Path(args.figures), labels={e.name: e.label for e in encoders})
+
+
+def main(argv=None):
+    args = parser().parse_args(argv)
+    analyse(args, load_text_encoders(args.model))
 
 
 if __name__ == "__main__":

@@ -74,19 +74,27 @@ def plot(encoders, learned: pd.DataFrame, out_dir: Path):
     return fig
 
 
-def main(argv=None):
+def parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--model", required=True, help="base pipeline (hub id or folder)")
     parser.add_argument("--runs", nargs="*", default=[], help="finished run directories to mark")
     parser.add_argument("--figures", required=True)
     parser.add_argument("--tables", required=True)
-    args = parser.parse_args(argv)
-    encoders = load_text_encoders(args.model)
+    return parser
+
+
+def analyse(args, encoders):
+    """Write the tables and figures of ``args`` (from ``parser()``) with the text encoders already loaded."""
     stats = vocab_norm_table(encoders)
     learned = learned_norm_table(learned_vectors(args.runs), stats)
     write_csv(stats, Path(args.tables) / "vocab_norms.csv")
     write_csv(learned, Path(args.tables) / "learned_norms.csv")
     plot(encoders, learned, Path(args.figures))
+
+
+def main(argv=None):
+    args = parser().parse_args(argv)
+    analyse(args, load_text_encoders(args.model))
 
 
 if __name__ == "__main__":

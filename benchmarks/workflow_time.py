@@ -112,7 +112,7 @@ def union_seconds(intervals: list[tuple[datetime, datetime]]) -> float:
     return total
 
 
-def workflow_time(configfile: str | None, cores: int) -> dict:
+def workflow_time(configfile: str | None, cores: int, log: str | None = None) -> dict:
     with tempfile.TemporaryDirectory(prefix="workflow_time_") as tmp:
         cmd = [sys.executable, "-m", "snakemake", "--cores", str(cores), "--config", f"results_dir={tmp}"]
         if configfile:
@@ -121,6 +121,8 @@ def workflow_time(configfile: str | None, cores: int) -> dict:
         start = time.perf_counter()
         run = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, stdin=subprocess.DEVNULL)
         wall = time.perf_counter() - start
+        if log:  # Snakemake's own output: every job's start and end, for a closer look than the stages
+            Path(log).write_text(run.stdout + run.stderr)
         if run.returncode != 0:
             raise SystemExit(f"snakemake failed:\n{run.stderr[-3000:]}")
     jobs = job_intervals(run.stdout + run.stderr)
@@ -143,6 +145,7 @@ def main():
     w = sub.add_parser("workflow", help="a fresh workflow run, timed, split by stage")
     w.add_argument("--configfile", help="configuration (default: the mini world's)")
     w.add_argument("--cores", type=int, default=8)
+    w.add_argument("--log", help="also keep Snakemake's output in this file")
     parser.add_argument("--json", help="also write the result to this JSON file")
     args = parser.parse_args()
     if args.what == "groups":
@@ -152,7 +155,7 @@ def main():
             print(f"| {r['group']} | {r['run_steps_per_s']:.1f} | {r['ms_per_run_step']:.2f} | "
                   f"{r['speedup']:.2f} | {r['setup_s']:.1f} |")
     else:
-        result = workflow_time(args.configfile, args.cores)
+        result = workflow_time(args.configfile, args.cores, args.log)
         print(f"{result['config']}: {result['jobs']} jobs, wall {result['wall_s'] / 60:.1f} min "
               f"({result['wall_s']:.0f} s), start-up {result['startup_s']:.0f} s")
         print("| stage | jobs | job seconds | wall seconds while it ran |\n|---|---|---|---|")

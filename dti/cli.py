@@ -91,9 +91,10 @@ def _add_train(p):
 
 
 def _add_rescale(p):
-    p.add_argument("--run", required=True, help="finished TI run directory")
+    p.add_argument("--run", required=True, action="append",
+                   help="finished TI run directory (repeatable, each with its own --out, in order)")
     p.add_argument("--stat", default="mean", help="mean, min, max or a number (default mean)")
-    p.add_argument("--out", required=True, help="directory to write the rescaled run to")
+    p.add_argument("--out", required=True, action="append", help="directory to write the rescaled run to")
 
 
 def _add_data(p):
@@ -257,9 +258,11 @@ def _train(args):
 
 
 def _rescale(args):
-    from .embeddings import rescale
+    from .embeddings import rescale_group
 
-    return rescale(args.run, args.out, args.stat)
+    if len(args.run) != len(args.out):
+        raise DTIError(f"{len(args.run)} --run for {len(args.out)} --out: give one --out per run")
+    return "\n".join(str(out) for out in rescale_group(list(zip(args.run, args.out)), args.stat))
 
 
 def _data(args):

@@ -60,19 +60,34 @@ def read_run(run_dir: str | Path) -> tuple[dict, list[torch.Tensor]]:
 def rescale(run_dir: str | Path, out_dir: str | Path, stat: str = "mean") -> Path:
     """TI-rescaled (``methods.TIRescaled``): a TI run's vectors scaled to a vocabulary-norm statistic.
     ``out_dir`` must be new, or hold this same rescale (a rerun writes it again)."""
+    return rescale_group([(run_dir, out_dir)], stat)[0]
+
+
+def rescale_group(pairs: list[tuple[str | Path, str | Path]], stat: str = "mean") -> list[Path]:
+    """Several TI runs rescaled in one process, each ``(run_dir, out_dir)`` as ``rescale`` does it. Every
+    pair is checked before any folder is written, so a bad one leaves all of them as they were."""
     method = METHODS["ti_rescaled"]
-    record, rows = read_run(run_dir)
-    source = record["config"]["method"]
-    if source != method.source_method:
-        raise DTIError(f"rescale takes a {method.source_method.upper()} run; {run_dir} is a {source} run")
-    norms = method.target_norms(record["vocab_norms"], record["encoders"], stat)
-    scaled = method.rescale(rows, norms)
-    check_vectors(scaled, f"the rescaled vectors of {run_dir}")
-    out_dir = check_run_folder(out_dir)
-    _check_rescale_target(Path(run_dir), out_dir, stat)  # before the lock file: a refused folder stays as it was
-    with folder_lock(out_dir, f"run folder {out_dir}"):
-        _check_rescale_target(Path(run_dir), out_dir, stat)
-        return _write_rescaled(run_dir, out_dir, stat, method, record, scaled, norms)
+    outs = [Path(out) for _, out in pairs]
+    if len({o.resolve() for o in outs}) != len(outs):
+        raise DTIError("two rescaled runs have the same --out")
+    prepared = []
+    for run_dir, out_dir in pairs:
+        record, rows = read_run(run_dir)
+        source = record["config"]["method"]
+        if source != method.source_method:
+            raise DTIError(f"rescale takes a {method.source_method.upper()} run; {run_dir} is a {source} run")
+        norms = method.target_norms(record["vocab_norms"], record["encoders"], stat)
+        scaled = method.rescale(rows, norms)
+        check_vectors(scaled, f"the rescaled vectors of {run_dir}")
+        out_dir = check_run_folder(out_dir)
+        _check_rescale_target(Path(run_dir), out_dir, stat)  # before the lock file: a refused folder stays as it was
+        prepared.append((run_dir, out_dir, record, scaled, norms))
+    written = []
+    for run_dir, out_dir, record, scaled, norms in prepared:
+        with folder_lock(out_dir, f"run folder {out_dir}"):
+            _check_rescale_target(Path(run_dir), out_dir, stat)
+            written.append(_write_rescaled(run_dir, out_dir, stat, method, record, scaled, norms))
+    return written
 
 
 def _check_rescale_target(run_dir: Path, out_dir: Path, stat: str):

@@ -1,8 +1,9 @@
 """Sampling a learned concept with a prompt set at the family's protocol defaults.
 
-All seeds of a prompt go through the denoiser in one batch (with classifier-free guidance),
-each seed with its own generator, so an image depends on (run, prompt, seed) alone. Images
-are browsable as ``<subject>/<NN>_<prompt>/seed<S>.png``; ``manifest.csv`` lists them all.
+Images go through the denoiser in batches of ``batch_size`` (with classifier-free guidance), across
+prompts, seeds and, in a group, runs; each image has its own seeded generator, so it depends on
+(run, prompt, seed) alone. Images are browsable as ``<subject>/<NN>_<prompt>/seed<S>.png``;
+``manifest.csv`` lists them all.
 """
 
 from __future__ import annotations
@@ -45,8 +46,8 @@ class SampleConfig(SampleAccel):
     resolution_binning: bool = option(True, "SANA: the pipeline's aspect-ratio binning of the requested size.")
     device: str = option("auto", "Torch device: auto, cpu, cuda, cuda:1, ...")
     mixed_precision: str = option("bf16", "Dtype of the pipeline on a GPU: bf16, fp16 or no (CPU: float32).")
-    batch_size: int = option(4, "Images per pipeline call, across prompts and seeds (each image keeps its own seeded "
-                                "noise).")
+    batch_size: int = option(4, "Images per pipeline call, across prompts, seeds and a group's runs (each image "
+                                "keeps its own seeded noise).")
 
     def set(self, assignments: list[str]) -> "SampleConfig":
         return apply_assignments(self, assignments)
@@ -155,11 +156,12 @@ class SampleJob:
 
 def sample_group(jobs: list[SampleJob], seeds: list[int], prompt_set: str, cfg: SampleConfig | None = None,
                  pipe=None) -> list[Path]:
-    """Several runs' prompt sets in one process (returns their manifests): the pipeline loads once and each
-    run's concept is added to it in turn, so the runs must share a base model and their placeholders must
-    differ. A run's images are those it gets alone: a prompt reads only its own concept's tokens, and each
-    image has its own seeded generator. Everything is checked before the pipeline loads; each output
-    folder is locked while it is written."""
+    """Several runs' prompt sets in one process (returns their manifests): the pipeline loads once with
+    every run's concept added, and batches hold images of several runs, so the runs must share a base
+    model and their placeholders must differ. A run's images are those it gets alone (to float rounding):
+    a prompt reads only its own concept's tokens, and each image has its own seeded generator.
+    Everything is checked before the pipeline loads; every output folder is locked while they are
+    written."""
     cfg = cfg or SampleConfig()
     cfg.check()
     if not seeds:
@@ -190,63 +192,51 @@ def sample_group(jobs: list[SampleJob], seeds: list[int], prompt_set: str, cfg: 
         twice = sorted({v for v in values if values.count(v) > 1})
         if twice:
             raise DTIError(f"two runs of one sampling job have the {what} {twice[0]}; sample them separately")
-    manifests = []
-    for job, (record, vectors, family, model) in zip(jobs, loaded):
-        with folder_lock(job.out_dir, f"sample folder {job.out_dir}"):
-            pipe = pipe or family.load_pipeline(model, *cfg.placement(), model_revision(record))
-            manifests.append(_sample_locked(job.run_dir, job.out_dir, job.subject, job.class_noun, job.templates,
-                                            seeds, prompt_set, cfg, pipe, record, vectors, family, model))
-    return manifests
+    with contextlib.ExitStack() as locks:
+        for job in jobs:  # all before the model loads: a second writer fails at once
+            locks.enter_context(folder_lock(job.out_dir, f"sample folder {job.out_dir}"))
+        family, model, revision = loaded[0][2], loaded[0][3], model_revision(loaded[0][0])
+        pipe = pipe or family.load_pipeline(model, *cfg.placement(), revision)
+        return _sample_locked(jobs, loaded, seeds, prompt_set, cfg, pipe)
 
 
-def _sample_locked(run_dir, out_dir: Path, subject: str, class_noun: str, templates: list[str], seeds: list[int],
-                   prompt_set: str, cfg: SampleConfig, pipe, record: dict, vectors, family, model: str) -> Path:
-    revision = model_revision(record)
+@dataclass
+class _Plan:
+    """One run's images to make: its manifest rows, the images still missing, and its stamp."""
+
+    job: SampleJob
+    rows: list[dict]
+    todo: list[tuple[str, int, Path]]  # (prompt, seed, file)
+    about: dict
+
+
+def _sample_locked(jobs: list[SampleJob], loaded: list, seeds: list[int], prompt_set: str, cfg: SampleConfig,
+                   pipe) -> list[Path]:
+    """Every run's concept goes into the pipeline first; then the missing images of all runs are made in
+    batches of ``cfg.batch_size`` (a batch may hold several runs' prompts: each image has its own seeded
+    noise and reads only its own concept's tokens); then each run's manifest is written."""
     pipe.set_progress_bar_config(disable=True)  # the progress below counts images; a bar per call is noise
+    concepts = []
     with quiet_new_embeddings():
-        concept = load_embeddings(pipe, run_dir)
-    for tok_name in family.tokenizer_names:  # the prompts must read as written with the concept added
-        tokenizer = getattr(pipe, tok_name)
-        check_words_kept(tokenizer, tokenizer.convert_tokens_to_ids(concept.tokens), concept.placeholder,
-                         [t.format(class_noun) for t in templates])
+        for job in jobs:
+            concepts.append(load_embeddings(pipe, job.run_dir))
+    family = loaded[0][2]
+    for job, concept in zip(jobs, concepts):  # with every concept added, each prompt must read as written
+        for tok_name in family.tokenizer_names:
+            tokenizer = getattr(pipe, tok_name)
+            check_words_kept(tokenizer, tokenizer.convert_tokens_to_ids(concept.tokens), concept.placeholder,
+                             [t.format(job.class_noun) for t in job.templates])
     device = cfg.placement()[0]
     apply_to_pipeline(pipe, cfg, device)  # the speed settings (dti.accel); none by default
     settings, call = pipeline_call(family, pipe, cfg)
     size = (settings["width"], settings["height"])
-    method = run_method(record)
-    # Images already here are kept (resume) only if they were made from these same inputs.
-    inputs = {"model": model_stamp(model), "vectors": content_digest(vectors), "class_noun": class_noun,
-              "templates": list(templates),  # how many images a call makes, and how fast, changes no image
-              "settings": {k: v for k, v in settings.items() if k != "batch_size" and k not in ACCEL_FIELDS}}
-    if revision is not None:  # a hub id pinned at training: its images are of that commit
-        inputs["revision"] = revision
-    stamp = out_dir / "sample.json"
-    if _stamped_inputs(stamp) != inputs:
-        shutil.rmtree(out_dir / subject, ignore_errors=True)  # a plain name (checked): inside out_dir
-    about = {"run": str(run_dir), "subject": subject, "class_noun": class_noun, "prompt_set": prompt_set,
-             "seeds": seeds, "settings": settings, "inputs": inputs, "versions": package_versions()}
-    write_json({**about, "status": "running"}, stamp)
-    rows, todo = [], []
-    for index, template in enumerate(templates):
-        prompt = concept.prompt(template)
-        folder = out_dir / subject / f"{index:02d}_{slug(template)}"
-        for s in seeds:
-            file = folder / f"seed{s}.png"
-            if not intact(file, size):  # resume: keep intact images, redo the rest
-                todo.append((prompt, s, file))
-            rows.append({
-                "run": str(run_dir), "method": method, "family": family.name, "base_model": model,
-                "subject": subject, "class_noun": class_noun, "prompt_set": prompt_set, "prompt_index": index,
-                "prompt": prompt, "scoring_text": template.format(class_noun) + ".", "seed": s,
-                "file": str(file.relative_to(out_dir)), "height": settings["height"],
-                "width": settings["width"], "steps": settings["steps"], "guidance_scale": settings["guidance_scale"],
-                "scheduler": type(pipe.scheduler).__name__,
-                "complex_human_instruction": settings["complex_human_instruction"] if family.instruction_prefix else "",
-            })
+    plans = [_plan(job, concept, record, vectors, family, model, seeds, prompt_set, settings, size, pipe)
+             for job, concept, (record, vectors, family, model) in zip(jobs, concepts, loaded)]
+    todo = [item for plan in plans for item in plan.todo]
     batch_size = cfg.batch_size
     if cfg.sample_batch == "auto" and todo:
         batch_size = auto_sample_batch(pipe, call, device, len(todo), cfg, fallback=cfg.batch_size)
-    progress = Progress(len(todo), desc=f"sample {subject}", unit="image")
+    progress = Progress(len(todo), desc=f"sample {', '.join(job.subject for job in jobs)}"[:60], unit="image")
     try:
         with attention_context(cfg):
             for start in range(0, len(todo), batch_size):
@@ -259,11 +249,52 @@ def _sample_locked(run_dir, out_dir: Path, subject: str, class_noun: str, templa
                 progress.update(len(batch))
     finally:
         progress.close()
-    manifest = out_dir / "manifest.csv"
-    with atomic_path(manifest) as tmp:
-        with tmp.open("w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=MANIFEST_FIELDS)
-            writer.writeheader()
-            writer.writerows(rows)
-    write_json({**about, "status": "complete"}, stamp)
-    return manifest
+    manifests = []
+    for plan in plans:
+        manifest = plan.job.out_dir / "manifest.csv"
+        with atomic_path(manifest) as tmp:
+            with tmp.open("w", newline="") as f:
+                writer = csv.DictWriter(f, fieldnames=MANIFEST_FIELDS)
+                writer.writeheader()
+                writer.writerows(plan.rows)
+        write_json({**plan.about, "status": "complete"}, plan.job.out_dir / "sample.json")
+        manifests.append(manifest)
+    return manifests
+
+
+def _plan(job: SampleJob, concept, record: dict, vectors, family, model: str, seeds: list[int], prompt_set: str,
+          settings: dict, size: tuple[int, int], pipe) -> _Plan:
+    """A run's manifest rows and missing images; images already in its folder are kept (resume) only if
+    they were made from these same inputs."""
+    revision = model_revision(record)
+    inputs = {"model": model_stamp(model), "vectors": content_digest(vectors), "class_noun": job.class_noun,
+              "templates": list(job.templates),  # how many images a call makes, and how fast, changes no image
+              "settings": {k: v for k, v in settings.items() if k != "batch_size" and k not in ACCEL_FIELDS}}
+    if revision is not None:  # a hub id pinned at training: its images are of that commit
+        inputs["revision"] = revision
+    stamp = job.out_dir / "sample.json"
+    if _stamped_inputs(stamp) != inputs:
+        shutil.rmtree(job.out_dir / job.subject, ignore_errors=True)  # a plain name (checked): inside out_dir
+    about = {"run": str(job.run_dir), "subject": job.subject, "class_noun": job.class_noun, "prompt_set": prompt_set,
+             "seeds": seeds, "settings": settings, "inputs": inputs, "versions": package_versions()}
+    job.out_dir.mkdir(parents=True, exist_ok=True)
+    write_json({**about, "status": "running"}, stamp)
+    method = run_method(record)
+    rows, todo = [], []
+    for index, template in enumerate(job.templates):
+        prompt = concept.prompt(template)
+        folder = job.out_dir / job.subject / f"{index:02d}_{slug(template)}"
+        for s in seeds:
+            file = folder / f"seed{s}.png"
+            if not intact(file, size):  # resume: keep intact images, redo the rest
+                todo.append((prompt, s, file))
+            rows.append({
+                "run": str(job.run_dir), "method": method, "family": family.name, "base_model": model,
+                "subject": job.subject, "class_noun": job.class_noun, "prompt_set": prompt_set, "prompt_index": index,
+                "prompt": prompt, "scoring_text": template.format(job.class_noun) + ".", "seed": s,
+                "file": str(file.relative_to(job.out_dir)), "height": settings["height"],
+                "width": settings["width"], "steps": settings["steps"], "guidance_scale": settings["guidance_scale"],
+                "scheduler": type(pipe.scheduler).__name__,
+                "complex_human_instruction": settings["complex_human_instruction"] if family.instruction_prefix else "",
+            })
+    return _Plan(job, rows, todo, about)

@@ -4,8 +4,12 @@ import pandas as pd
 import pytest
 import torch
 
+from analysis import contextual_map as cm
+from analysis import nearest_words as nw
 from analysis import positional_probe as pp
 from analysis import residual_stagnation as rs
+from analysis import token_analyses as ta
+from analysis import vocab_norms as vn
 from analysis.common import load_text_encoders, run_label
 from dti.families import FAMILIES
 from dti.families import vocab_norm_stats
@@ -150,3 +154,33 @@ def test_probe_draws_every_learned_token_it_names(encoders, tmp_path):
     assert [t.get_text() for t in ax.get_legend().get_texts()] == [
         "vocabulary directions", "chance", "TI", "TI-rescaled", "DTI", "learned token, as trained",
         "same direction at the mean norm"]
+
+
+def test_token_analyses_in_one_process_write_what_each_command_writes(tiny_models, encoders, tmp_path):
+    """`analysis.token_analyses` (the workflow's rule) loads the encoders once and runs the five analyses;
+    each table must equal the one its own command writes, byte for byte."""
+    runs = [str(fake_run(tmp_path, "ti", "ti", "sd", encoders["sd"], 50.0)),
+            str(fake_run(tmp_path, "dti", "dti", "sd", encoders["sd"], 1.0))]
+    model, alone, together = str(tiny_models["sd"]), tmp_path / "alone", tmp_path / "together"
+    probe = ["--seed", "3", "--train-rows", "8", "--test-rows", "8", "--hidden", "32", "--steps", "40"]
+    out = ["--model", model, "--figures", str(alone / "fig"), "--tables", str(alone / "tab")]
+    vn.main([*out, "--runs", *runs])
+    nw.main(["--model", model, "--tables", str(alone / "tab"), "--runs", runs[0]])
+    pp.main([*out, "--runs", *runs, *probe])
+    rs.main([*out, "--runs", runs[0], "--initializer", "cat"])
+    cm.main([*out, "--runs", *runs, "--related", "cat", "dog", "--unrelated", "car"])
+    ta.main(["--model", model, "--runs", *runs, "--first-runs", runs[0], "--figures", str(together / "fig"),
+             "--tables", str(together / "tab"), "--initializer", "cat", "--related", "cat", "dog",
+             "--unrelated", "car", "--probe", *probe])
+    tables = sorted(p.name for p in (alone / "tab").iterdir())
+    assert tables == sorted(p.name for p in (together / "tab").iterdir()) and len(tables) == 6
+    for name in tables:
+        assert (alone / "tab" / name).read_bytes() == (together / "tab" / name).read_bytes(), name
+    assert sorted(p.name for p in (together / "fig").glob("*.png")) == sorted(
+        f"{n}.png" for n in ("vocab_norms", "positional_probe", "residual_stagnation", "contextual_map"))
+
+
+def test_token_analyses_refuse_a_bad_option_before_loading(tmp_path):
+    with pytest.raises(SystemExit):  # the probe's own parser refuses it; no model named here exists
+        ta.main(["--model", str(tmp_path / "none"), "--runs", "r", "--first-runs", "r", "--figures", "f",
+                 "--tables", "t", "--probe", "--steps", "many"])

@@ -99,6 +99,19 @@ def test_rescale_never_overwrites_a_run(sd_run, tiny_models, ref_images, tmp_pat
     assert snapshot(tmp_path / "r") == first
     assert main(["rescale", "--run", str(ti), "--stat", "max", "--out", str(tmp_path / "r")]) == 2
     assert snapshot(tmp_path / "r") == first
+    # several runs in one command (the workflow's groups): each as alone; one bad pair and none is written
+    assert main(["rescale", "--run", str(ti), "--out", str(tmp_path / "g1"), "--run", str(ti), "--out",
+                 str(tmp_path / "g2")]) == 0
+    assert snapshot(tmp_path / "g1") == snapshot(tmp_path / "g2") == first
+    assert main(["rescale", "--run", str(ti), "--out", str(tmp_path / "g3"), "--run", str(sd_run), "--out",
+                 str(tmp_path / "g4")]) == 2
+    assert "rescale takes a TI run" in error_line(capsys)
+    assert not (tmp_path / "g3").exists() and not (tmp_path / "g4").exists()
+    assert main(["rescale", "--run", str(ti), "--out", str(tmp_path / "g5"), "--run", str(ti)]) == 2
+    assert "give one --out per run" in error_line(capsys)
+    assert main(["rescale", "--run", str(ti), "--out", str(tmp_path / "g6"), "--run", str(ti), "--out",
+                 str(tmp_path / "g6")]) == 2
+    assert "the same --out" in error_line(capsys) and not (tmp_path / "g6").exists()
 
 
 def test_a_subject_name_never_reaches_outside_the_output_folder(sd_run, tmp_path):

@@ -128,8 +128,9 @@ def test_cli_trains_a_group_from_run_objects(tiny_models, ref_images, tmp_path, 
 
 
 def test_a_group_samples_and_scores_each_run_as_alone(tiny_models, ref_images, metric_models, tmp_path):
-    """dti sample --job ... loads the pipeline once for several runs, dti score --manifest/--out pairs the
-    metric models once: each run's images and scores equal those of its own command."""
+    """dti sample --job ... loads the pipeline once for several runs and batches their images together, dti
+    score --manifest/--out pairs the metric models once: each run's images and scores equal those of its own
+    command."""
     import numpy as np
     import pandas as pd
     from PIL import Image
@@ -144,8 +145,9 @@ def test_a_group_samples_and_scores_each_run_as_alone(tiny_models, ref_images, m
     refs = tmp_path / "refs"
     for name in ("blob", "other"):
         shutil.copytree(ref_images, refs / name)
+    # batches of 3: in the group, one batch holds images of both runs
     common = ["sample", "--prompts", "p", "--prompts-file", str(prompts), "--subjects-file", str(subjects),
-              "--seeds", "0", "1", "--set", "steps=2", "--set", "device=cpu"]
+              "--seeds", "0", "1", "--set", "steps=2", "--set", "device=cpu", "--set", "batch_size=3"]
     jobs = [{"run": str(run), "out": str(tmp_path / "group" / name), "subject": name}
             for run, name in zip(runs, ("blob", "other"))]
     assert main(common + [a for job in jobs for a in ("--job", json.dumps(job))]) == 0

@@ -28,79 +28,34 @@ rule training_curves:
         " --tables {params.tables:q} > {log:q} 2>&1"
 
 
-rule vocab_norms:
+# The five analyses inside the text encoders share one process (analysis/token_analyses.py): the encoders
+# load once. Each still writes its own figure and tables.
+rule token_analyses:
     input: MODEL_INPUT, MAIN_RUNS
-    output: figure=figure("vocab_norms"), table=f"{TABLES}/vocab_norms.csv", learned=f"{TABLES}/learned_norms.csv"
-    params: runs=MAIN_RUN_DIRS, **ANALYSIS_PARAMS
-    threads: threads("analysis")
-    resources: **job_resources("analysis")
-    log: log_of("analyses", "vocab_norms.log")
-    conda: CONDA_ENV
-    shell:
-        "{params.env} python -m analysis.vocab_norms --model {params.model:q} --runs {params.runs:q}"
-        " --figures {params.figures:q} --tables {params.tables:q} > {log:q} 2>&1"
-
-
-rule nearest_words:
-    input: MODEL_INPUT, MAIN_RUNS
-    output: table=f"{TABLES}/nearest_words.csv"
+    output:
+        vocab_norms=figure("vocab_norms"), vocab_table=f"{TABLES}/vocab_norms.csv",
+        learned_norms=f"{TABLES}/learned_norms.csv",
+        nearest_words=f"{TABLES}/nearest_words.csv",
+        probe=figure("positional_probe"), probe_table=f"{TABLES}/positional_probe.csv",
+        residual=figure("residual_stagnation"), residual_table=f"{TABLES}/residual_stagnation.csv",
+        contextual=figure("contextual_map"), contextual_table=f"{TABLES}/contextual_map.csv",
     params:
-        runs=FIRST_RUN_DIRS, model=ANALYSIS_PARAMS["model"], env=ANALYSIS_PARAMS["env"],
-        tables=ANALYSIS_PARAMS["tables"],
-    threads: threads("analysis")
-    resources: **job_resources("analysis")
-    log: log_of("analyses", "nearest_words.log")
-    conda: CONDA_ENV
-    shell:
-        "{params.env} python -m analysis.nearest_words --model {params.model:q} --runs {params.runs:q}"
-        " --tables {params.tables:q} > {log:q} 2>&1"
-
-
-rule positional_probe:
-    input: MODEL_INPUT, MAIN_RUNS
-    output: figure=figure("positional_probe"), table=f"{TABLES}/positional_probe.csv"
-    params:
-        runs=MAIN_RUN_DIRS, seed=SEEDS[0], **ANALYSIS_PARAMS,
-        rows=("--train-rows {} --test-rows {}".format(*ANALYSES["probe_rows"]) if "probe_rows" in ANALYSES else ""),
-    threads: threads("analysis")
-    resources: **job_resources("analysis")
-    log: log_of("analyses", "positional_probe.log")
-    conda: CONDA_ENV
-    shell:
-        "{params.env} python -m analysis.positional_probe --model {params.model:q} --runs {params.runs:q}"
-        " {params.rows} --seed {params.seed} --figures {params.figures:q} --tables {params.tables:q} > {log:q} 2>&1"
-
-
-rule residual_stagnation:
-    input: MODEL_INPUT, MAIN_RUNS
-    output: figure=figure("residual_stagnation"), table=f"{TABLES}/residual_stagnation.csv"
-    params:
-        runs=FIRST_RUN_DIRS, **ANALYSIS_PARAMS,
+        runs=MAIN_RUN_DIRS, first_runs=FIRST_RUN_DIRS, model=ANALYSIS_PARAMS["model"], env=ANALYSIS_PARAMS["env"],
+        figures=lambda wildcards, output: os.path.dirname(output.probe),
+        tables=lambda wildcards, output: os.path.dirname(output.probe_table),
         initializer=ANALYSES.get("initializer", initializer_of("dti", SUBJECTS[0])),
-    threads: threads("analysis")
-    resources: **job_resources("analysis")
-    log: log_of("analyses", "residual_stagnation.log")
-    conda: CONDA_ENV
-    shell:
-        "{params.env} python -m analysis.residual_stagnation --model {params.model:q} --runs {params.runs:q}"
-        " --initializer {params.initializer:q} --figures {params.figures:q} --tables {params.tables:q}"
-        " > {log:q} 2>&1"
-
-
-rule contextual_map:
-    input: MODEL_INPUT, MAIN_RUNS
-    output: figure=figure("contextual_map"), table=f"{TABLES}/contextual_map.csv"
-    params:
-        runs=MAIN_RUN_DIRS, **ANALYSIS_PARAMS,
         words="".join(f" --{kind} {shlex.join(ANALYSES[f'{kind}_words'])}" for kind in ("related", "unrelated")
                       if f"{kind}_words" in ANALYSES),
+        probe=f"--seed {SEEDS[0]}" + (" --train-rows {} --test-rows {}".format(*ANALYSES["probe_rows"])
+                                      if "probe_rows" in ANALYSES else ""),
     threads: threads("analysis")
     resources: **job_resources("analysis")
-    log: log_of("analyses", "contextual_map.log")
+    log: log_of("analyses", "token_analyses.log")
     conda: CONDA_ENV
     shell:
-        "{params.env} python -m analysis.contextual_map --model {params.model:q} --runs {params.runs:q}{params.words}"
-        " --figures {params.figures:q} --tables {params.tables:q} > {log:q} 2>&1"
+        "{params.env} python -m analysis.token_analyses --model {params.model:q} --runs {params.runs:q}"
+        " --first-runs {params.first_runs:q} --initializer {params.initializer:q}{params.words}"
+        " --figures {params.figures:q} --tables {params.tables:q} --probe {params.probe} > {log:q} 2>&1"
 
 
 PAIR = ANALYSES.get("interpolation", SUBJECTS[:2])
@@ -194,8 +149,7 @@ rule qualitative_grid:
         " --seed {params.seed} --figures {params.figures:q} --tables {params.tables:q} > {log:q} 2>&1"
 
 
-ANALYSIS_OUTPUTS = [rules.training_curves.output, rules.vocab_norms.output, rules.nearest_words.output,
-                    rules.positional_probe.output, rules.residual_stagnation.output, rules.contextual_map.output,
+ANALYSIS_OUTPUTS = [rules.training_curves.output, rules.token_analyses.output,
                     expand(rules.interpolation.output, method=[m for m in INTERPOLATED if m in METHODS]),
                     rules.qualitative_grid.output, rules.step_sizes.output,
                     rules.ablation_view.output if ABLATION["cells"] else []]

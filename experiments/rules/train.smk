@@ -1,5 +1,5 @@
 # Training: every trained method (TI, CrossInit, DTI) per (subject, seed), in groups of runs (common.smk:
-# one job per method, seed and part of the subjects); TI-rescaled from TI.
+# one job per method, seed and part of the subjects); TI-rescaled from TI, in the same groups.
 TRAIN_PARTS = subject_parts(SUBJECTS)
 
 for _k, _part in enumerate(TRAIN_PARTS):
@@ -23,17 +23,23 @@ for _k, _part in enumerate(TRAIN_PARTS):
         shell: TRAIN_COMMAND
 
 
-rule rescale:
-    # seconds of work: run by the submitting Snakemake on a cluster (in a group it would run beside its
-    # training group's sampling, and ask the cluster for one CPU more than one job needs)
-    localrule: True
-    input: ti=run_embeds("ti", "{subject}", "{seed}")
-    output: embeds=run_embeds("ti_rescaled", "{subject}", "{seed}")
-    params:
-        run=lambda wildcards, input: os.path.dirname(input.ti),
-        out=lambda wildcards, output: os.path.dirname(output.embeds),
-        stat=config["rescale_stat"],
-    resources: mem_mb=2000, runtime=10
-    log: log_of("rescale", "{subject}_seed{seed}.log")
-    conda: CONDA_ENV
-    shell: "python -m dti rescale --run {params.run:q} --stat {params.stat:q} --out {params.out:q} > {log:q} 2>&1"
+# TI-rescaled: one job per training group of TI runs (seconds of work, most of it the start-up). Run by the
+# submitting Snakemake on a cluster: in a group it would run beside its training group's sampling, and ask the
+# cluster for one CPU more than one job needs.
+for _k, _part in enumerate(TRAIN_PARTS):
+
+    rule:
+        name: part_rule_name("rescale", _k, TRAIN_PARTS)
+        localrule: True
+        input: ti=[run_embeds("ti", subject, "{seed}") for subject in _part]
+        output: embeds=[run_embeds("ti_rescaled", subject, "{seed}") for subject in _part]
+        wildcard_constraints: seed=r"\d+"
+        params:
+            pairs=lambda wildcards, input, output: " ".join(
+                f"--run {shlex.quote(os.path.dirname(ti))} --out {shlex.quote(os.path.dirname(out))}"
+                for ti, out in zip(input.ti, output.embeds)),
+            stat=config["rescale_stat"],
+        resources: mem_mb=2000, runtime=10
+        log: log_of("rescale", f"seed{{seed}}_part{_k}.log")
+        conda: CONDA_ENV
+        shell: "python -m dti rescale {params.pairs} --stat {params.stat:q} > {log:q} 2>&1"
