@@ -196,7 +196,8 @@ DREAMBOOTH_EXTRA_FILES = ("LICENSE.md", "references_and_licenses.txt", "prompts_
 
 
 def read_subjects(path: str | Path | None = None) -> list[dict]:
-    """The subjects table (``subject, class, dti_class, initializer, live``), in file order."""
+    """The subjects table (``subject, class, dti_class, initializer, live``, and optionally ``split``: test or
+    validation), in file order."""
     path = Path(path) if path else BENCHMARK.joinpath("subjects.csv")
     if not path.is_file():
         raise DTIError(f"subjects table {path} not found")
@@ -204,6 +205,9 @@ def read_subjects(path: str | Path | None = None) -> list[dict]:
         rows = list(csv.DictReader(f))
     for row in rows:
         row["live"] = str(row.get("live", "")).strip().lower() == "true"
+        if row.get("split", "test") not in ("test", "validation"):
+            raise DTIError(f"subjects table {path}: subject {row.get('subject')!r} has split {row['split']!r}; "
+                           "use test or validation")
     return rows
 
 

@@ -53,6 +53,9 @@ class BuildConfig:
     unet_lr: float = option(6e-4, "UNet peak learning rate (AdamW, warm-up then cosine).")
     caption_dropout: float = option(0.1, "Share of empty captions in UNet training (for classifier-free guidance).")
     readout_steps: int = option(1000, "Attribute read-out steps.")
+    judge_scenes: bool = option(False, "The evaluator CLIP and the read-out learn from judge scenes (any pattern "
+                                       "colour, every triple: they must read the subjects the generator never saw); "
+                                       "False (the shipped world's): from pretraining scenes of another seed.")
     checkpoint_every: int = option(250, "Steps between checkpoints.")
 
 
@@ -74,15 +77,16 @@ CHUNK = 5000
 
 
 def _chunk(args):
-    seed, index = args
-    return world.dataset(seed * 100_003 + index, CHUNK)
+    seed, index, judge = args
+    return world.dataset(seed * 100_003 + index, CHUNK, judge=judge)
 
 
-def build_data(work: Path, cfg: BuildConfig, n: int, seed: int, name: str):
-    """Scenes in chunks of CHUNK (each from its own seed, so the set does not depend on the workers)."""
+def build_data(work: Path, cfg: BuildConfig, n: int, seed: int, name: str, judge: bool = False):
+    """Scenes in chunks of CHUNK (each from its own seed, so the set does not depend on the workers); with
+    ``judge``, the evaluators' scenes (``world.random_scene``)."""
     if (work / f"{name}.safetensors").is_file():
         return
-    chunks = [(seed, i) for i in range(math.ceil(n / CHUNK))]
+    chunks = [(seed, i, judge) for i in range(math.ceil(n / CHUNK))]
     with multiprocessing.get_context("spawn").Pool(min(len(chunks), os.cpu_count() or 1)) as pool:
         parts = pool.map(_chunk, chunks)
     images = np.concatenate([p["images"] for p in parts])[:n]
@@ -449,9 +453,10 @@ def write_subjects(folder: Path, seed: int):
             Image.fromarray(image).save(sub / f"{i:02d}.png")
     with atomic_path(folder / "subjects.csv") as tmp, tmp.open("w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["subject", "class", "dti_class", "initializer", "live", "colour", "pattern", "second_colour"])
+        writer.writerow(["subject", "class", "dti_class", "initializer", "live", "colour", "pattern", "second_colour",
+                         "split"])
         for s in world.SUBJECTS:
-            writer.writerow([s.name, s.cls, s.cls, s.cls, False, s.colour, s.pattern, s.second])
+            writer.writerow([s.name, s.cls, s.cls, s.cls, False, s.colour, s.pattern, s.second, s.split])
     write_json({"_about": "Mini-world evaluation prompts; '{}' is the subject (learned token at generation, class "
                           "noun at text scoring). 'attributes' says what each prompt asks of the image, for the "
                           "attribute read-out.",
@@ -471,7 +476,9 @@ def build(work: Path, out: Path, cfg: BuildConfig, threads: int | None = None, d
         # Only more steps may be asked of an existing build (its stages continue); anything else
         # would mix two worlds.
         old = read_json(config_path)
-        changed = sorted(k for k, v in asdict(cfg).items() if old.get(k) != v and not k.endswith("_steps"))
+        defaults = asdict(BuildConfig())  # a field newer than the build: it was built with the default
+        changed = sorted(k for k, v in asdict(cfg).items()
+                         if old.get(k, defaults[k]) != v and not k.endswith("_steps"))
         if changed:
             raise DTIError(f"{work} holds a build with other {', '.join(changed)}; use a new --work folder")
         # The UNet learns from the text encoder's states and the VAE's latents: once it has
@@ -485,7 +492,7 @@ def build(work: Path, out: Path, cfg: BuildConfig, threads: int | None = None, d
     write_json(asdict(cfg), config_path)
     t0 = time.time()
     build_data(work, cfg, cfg.train_images, cfg.seed, "train")
-    build_data(work, cfg, cfg.eval_images, cfg.seed + 1, "eval")
+    build_data(work, cfg, cfg.eval_images, cfg.seed + 1, "eval", judge=cfg.judge_scenes)
     print(f"data ready ({time.time() - t0:.0f} s)", flush=True)
     train, held = load_data(work, "train"), load_data(work, "eval")
     tokenizer = models.make_tokenizer()

@@ -207,14 +207,18 @@ def _labels(scene: Scene) -> dict:
     return {"background": scene.background, "count": 2}
 
 
-def random_scene(rng, held_out: set) -> Scene:
-    """A pretraining scene; never a held-out triple, never a non-white/black pattern."""
+def random_scene(rng, held_out: set, judge: bool = False) -> Scene:
+    """A pretraining scene; never a held-out triple, never a non-white/black pattern. With ``judge``, a
+    scene for the evaluators instead: any pattern colour (but the shape's own) and every triple, since a
+    judge must read the subjects and prompts the generator was never shown."""
     kind = rng.random()
     while True:
         background = _pick(rng, tuple(BACKGROUNDS))
         if kind < 0.85:
             position = _pick(rng, POSITIONS)
             shapes = [random_shape(rng, position=position)]
+            if judge:
+                shapes[0].second = _pick(rng, tuple(c for c in COLOURS if c != shapes[0].colour))
         elif kind < 0.925:  # two of the same shape
             position = "center"
             first = random_shape(rng, size="small", position="left")
@@ -225,7 +229,7 @@ def random_scene(rng, held_out: set) -> Scene:
             position = "center"
             shapes = [random_shape(rng, size="small", position="left"),
                       random_shape(rng, size="small", position="right")]
-        if all(s.colour != background and (s.cls, s.colour, background) not in held_out for s in shapes):
+        if all(s.colour != background and (judge or (s.cls, s.colour, background) not in held_out) for s in shapes):
             break
     scene = Scene(background=background, shapes=shapes, position=position)
     scene.labels = _labels(scene)
@@ -276,16 +280,16 @@ def full_caption(cls: str, colour: str, background: str, position: str, size: st
             f"{POSITION_PHRASES[position][0]}")
 
 
-def dataset(seed: int, n: int, held_out: set | None = None) -> dict:
-    """n pretraining scenes: ``images`` [n, SIZE, SIZE, 3] uint8, ``captions``, ``negatives`` (the same
-    wording of a perturbed scene; equal to the caption when the change was not said) and
-    ``labels`` (class index per read-out head, -1 where the head does not apply)."""
+def dataset(seed: int, n: int, held_out: set | None = None, judge: bool = False) -> dict:
+    """n pretraining scenes (with ``judge``: evaluator scenes, ``random_scene``): ``images`` [n, SIZE, SIZE, 3]
+    uint8, ``captions``, ``negatives`` (the same wording of a perturbed scene; equal to the caption when the
+    change was not said) and ``labels`` (class index per read-out head, -1 where the head does not apply)."""
     rng = np.random.default_rng(seed)
     held_out = held_out_triples() if held_out is None else held_out
     images = np.empty((n, SIZE, SIZE, 3), np.uint8)
     captions, negatives, labels = [], [], {h: np.full(n, -1, np.int64) for h in HEADS}
     for i in range(n):
-        scene = random_scene(rng, held_out)
+        scene = random_scene(rng, held_out, judge)
         images[i] = render(scene)
         wording = np.random.default_rng()
         wording.bit_generator.state = rng.bit_generator.state
@@ -325,6 +329,7 @@ class Subject:
     colour: str
     pattern: str
     second: str   # never a pretraining pattern colour: the combination is new to the world
+    split: str = "test"  # "validation": only for choosing hyperparameters, never in a reported table
 
 
 SUBJECTS = (
@@ -338,7 +343,15 @@ SUBJECTS = (
     Subject("frost_square", "square", "white", "striped", "blue"),
     Subject("plum_star", "star", "purple", "striped", "green"),
     Subject("coral_diamond", "diamond", "orange", "dotted", "blue"),
+    # Validation subjects: of the same kind (every class but the square, each a pattern colour pretraining
+    # never renders), appended so that the test subjects' references stay as they were drawn.
+    Subject("dusk_triangle", "triangle", "blue", "dotted", "orange", "validation"),
+    Subject("moss_cross", "cross", "green", "striped", "purple", "validation"),
+    Subject("rose_circle", "circle", "red", "dotted", "green", "validation"),
+    Subject("cloud_star", "star", "white", "dotted", "blue", "validation"),
+    Subject("sand_diamond", "diamond", "yellow", "striped", "purple", "validation"),
 )
+SPLITS = ("test", "validation")
 REFERENCES_PER_SUBJECT = 5
 
 
@@ -375,3 +388,29 @@ PROMPT_ATTRIBUTES = [
     ("a blue {}", {"colour": "blue"}),
 ]
 PROMPTS = [p for p, _ in PROMPT_ATTRIBUTES]
+
+
+def prompt_scene(subject: Subject, template: str, attributes: dict, rng) -> Scene:
+    """The ground truth of one evaluation prompt for a subject, in a pose drawn from ``rng``: what a perfect
+    generator would draw. What the prompt does not ask for is the references' (large, centred, gray)."""
+    colour = attributes.get("colour", subject.colour)
+    position, background = attributes.get("position", "center"), attributes.get("background", "gray")
+
+    def own(size, where):
+        return random_shape(rng, cls=subject.cls, colour=colour, pattern=subject.pattern, size=size, position=where,
+                            second=subject.second)
+
+    if attributes.get("count") == 2:
+        position = "center"
+        if "next to a " in template:  # "a {} next to a <colour> <class>"
+            other_colour, other_cls = template.split("next to a ")[1].split()[:2]
+            other = random_shape(rng, cls=other_cls, colour=other_colour, pattern="plain", size="small",
+                                 position="right")
+        else:  # "two {} side by side"
+            other = own("small", "right")
+        shapes = [own("small", "left"), other]
+    else:
+        shapes = [own(attributes.get("size", "large"), position)]
+    scene = Scene(background=background, shapes=shapes, position=position)
+    scene.labels = _labels(scene)
+    return scene

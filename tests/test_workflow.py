@@ -34,13 +34,13 @@ def train_runs(command: str) -> list[dict]:
 
 
 # (config file, extra --config, expected job counts): 30 DreamBooth subjects, 3 trained methods
-# + TI-rescaled, 5 ablation cells on SDXL. Training, sampling and scoring jobs: one per method (or cell) and seed
-# on the mini world (all subjects in one group), one per run on the GPU configurations (runs_per_job: 1).
+# + TI-rescaled, 5 ablation cells on SDXL. Training, rescaling, sampling and scoring jobs: one per method (or cell)
+# and seed on the mini world (all subjects in one group), one per run on the GPU configurations (runs_per_job: 1).
 PLANS = [
-    ("mini.yaml", [], {"train": 3, "rescale": 6, "sample": 4, "score": 4, "train_ablation": 5, "sample_ablation": 5,
+    ("mini.yaml", [], {"train": 3, "rescale": 1, "sample": 4, "score": 4, "train_ablation": 5, "sample_ablation": 5,
                       "score_ablation": 5, "ablation_cell": 5, "interpolation": 2, "main_table": 1,
                       "ablation_table": 1}),
-    ("smoke.yaml", [], {"train": 2, "rescale": 2, "sample": 3, "score": 3, "train_ablation": 2, "sample_ablation": 2,
+    ("smoke.yaml", [], {"train": 2, "rescale": 1, "sample": 3, "score": 3, "train_ablation": 2, "sample_ablation": 2,
                        "score_ablation": 2, "ablation_cell": 2, "interpolation": 2, "main_table": 1,
                        "ablation_table": 1}),
     ("sdxl.yaml", [], {"dreambooth_data": 1, "train": 90, "rescale": 30, "sample": 120, "sample_ablation": 150,
@@ -63,6 +63,26 @@ def test_dry_run_plans_the_full_job_graph(tmp_path, configfile, extra, expected)
     if "sana" in configfile:
         assert "train_ablation" not in counts  # the paper ablates on SDXL only
     assert counts["all"] == 1
+
+
+def test_the_default_subjects_are_the_test_split(tmp_path):
+    """`subjects: []` runs every test subject of the table; the validation subjects only when named."""
+    from dti.data import read_subjects
+
+    table = read_subjects(ROOT / "experiments" / "mini" / "world" / "subjects.csv")
+    test = [r["subject"] for r in table if r["split"] == "test"]
+    validation = [r["subject"] for r in table if r["split"] == "validation"]
+    assert len(test) >= 10 and len(validation) >= 4
+    plan = snakemake("-n", "-p", "--configfile", "experiments/mini.yaml", "--config", f"results_dir={tmp_path}",
+                     "subjects=[]", cores=8)
+    assert plan.returncode == 0, plan.stderr[-2000:]
+    assert all(f"/{s}/seed0" in plan.stdout for s in test)
+    assert not any(s in plan.stdout for s in validation)
+    # (with the subjects the configuration's ablation and interpolation use)
+    named = snakemake("-n", "-p", "--configfile", "experiments/mini.yaml", "--config", f"results_dir={tmp_path}",
+                      f"subjects=[ember_triangle,lagoon_circle,sun_star,{validation[0]}]", cores=8)
+    assert named.returncode == 0, named.stderr[-2000:]
+    assert f"/{validation[0]}/seed0" in named.stdout
 
 
 def test_paper_configs_use_the_papers_models_and_protocol():
@@ -214,7 +234,7 @@ def test_config_values_reach_shell_commands_as_one_literal_word(tmp_path):
     interpolation = [shlex.split(c) for c in commands if "analysis.interpolation" in c]
     assert interpolation and all(w[w.index("--class-a") + 1] == "tri angle's" for w in interpolation)
     assert f"mini={evaluator}" in shlex.split(next(c for c in commands if " -m dti score " in c))
-    contextual = shlex.split(next(c for c in commands if "analysis.contextual_map" in c))
+    contextual = shlex.split(next(c for c in commands if "analysis.token_analyses" in c))
     assert contextual[contextual.index("--related") + 2] == "it's $(touch INJECTED)"
     assert not (ROOT / "INJECTED").exists()
 

@@ -44,7 +44,9 @@ try:
     TABLE = {row["subject"]: row for row in read_subjects(DATA["subjects_file"])}
 except DTIError as _e:
     raise ValueError(f"config data.subjects_file: {_e}") from None
-SUBJECTS = config.get("subjects") or list(TABLE)
+# By default every test subject; a subjects table may set aside validation subjects (its `split` column), which
+# are run only when a configuration names them (to choose hyperparameters, never in a reported table).
+SUBJECTS = config.get("subjects") or [s for s, row in TABLE.items() if row.get("split", "test") == "test"]
 
 # The configuration's values are checked here, before any job starts (the schema checks little more
 # than shapes), by dti's own validators: the workflow and the command line refuse the same values.
