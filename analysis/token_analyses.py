@@ -42,7 +42,7 @@ def main(argv=None):
             (residual_stagnation, [*common, *figures, "--runs", *args.first_runs, *initializer]),
             (contextual_map, [*common, *figures, "--runs", *args.runs, *words])]
     # every command line is parsed before the encoders load: a bad option fails at once
-    parsed = [(module, module.parser().parse_args(argv)) for module, argv in jobs]
+    parsed = [(module, module.parser().parse_args(words)) for module, words in jobs]
     encoders = load_text_encoders(args.model)
     for module, module_args in parsed:
         module.analyse(module_args, encoders)

@@ -542,6 +542,13 @@ def _load_references(files: list[Path], subject: str, masks: Path | None):
     return out
 
 
+def subject_references(references, subject: str, masks=None) -> list:
+    """A subject's reference photos exactly as scoring reads them (every non-hidden file of
+    ``references/<subject>/``, sorted; with ``masks``, the background blacked out)."""
+    files = _reference_files(Path(references), subject)
+    return _load_references(files, subject, Path(masks) if masks is not None else None)
+
+
 def _read_manifest(manifest: Path):
     import pandas as pd
 

@@ -171,10 +171,14 @@ def _save_grid(images, path: Path, side: int = 8):
             (side * world.SIZE * 4, rows * world.SIZE * 4), Image.NEAREST).save(tmp, format="PNG")
 
 
-def _references(world_dir: Path, name: str) -> list:
-    from dti.data import list_images, open_rgb
+def _ti_config(world_dir: Path, subject: world.Subject, steps: int, device: str):
+    """TI on a subject with the workflow's mini settings (training seed 0, no checkpoints)."""
+    from dti.config import TrainConfig
 
-    return [open_rgb(p, "reference") for p in list_images(world_dir / "subjects" / name)]
+    return TrainConfig(method="ti", model=str(world_dir / "pipeline"), family="sd",
+                       images=str(world_dir / "subjects" / subject.name), placeholder=f"<{subject.name}>",
+                       initializer=subject.cls, steps=steps, resolution=world.SIZE, seed=0, device=device,
+                       checkpoint_every=0, latent_sampling="mode")  # the UNet learned on posterior means
 
 
 def ground_truth_scenes(subject: world.Subject, seed: int) -> list[world.Scene]:
@@ -190,13 +194,14 @@ def ground_truth_renders(subject: world.Subject, seed: int) -> list:
     return [Image.fromarray(world.render(scene)) for scene in ground_truth_scenes(subject, seed)]
 
 
-def readout_on_ground_truth(readout, seed: int, subjects=None) -> dict[str, float]:
-    """The attribute metrics on ground-truth renders of the prompt set (test subjects): the most a perfect
-    generator could score. ``prompt``: share of the asked attributes the read-out sees (``attr_prompt``);
-    ``subject``: of the subject's class, colour and pattern where the prompt keeps them (``attr_subject``)."""
+def readout_on_ground_truth(readout, renders: dict[str, list], subjects: list[world.Subject]) -> dict[str, float]:
+    """The attribute metrics on ground-truth renders of the prompt set (``renders``: subject name ->
+    ``ground_truth_renders``) of ``subjects``: the most a perfect generator could score. ``prompt``: share
+    of the asked attributes the read-out sees (``attr_prompt``); ``subject``: of the subject's class, colour
+    and pattern where the prompt keeps them (``attr_subject``)."""
     asked, own = [], []
-    for s in [s for s in (subjects or world.SUBJECTS) if s.split == "test"]:
-        seen = readout.predict(ground_truth_renders(s, seed))
+    for s in subjects:
+        seen = readout.predict(renders[s.name])
         for k, (_, attributes) in enumerate(world.PROMPT_ATTRIBUTES):
             asked += [seen[h][k] == v for h, v in attributes.items()]
             if "count" not in attributes:
@@ -206,33 +211,36 @@ def readout_on_ground_truth(readout, seed: int, subjects=None) -> dict[str, floa
 
 
 @torch.no_grad()
-def metric_discrimination(backbones, world_dir: Path, seed: int, subjects=None) -> dict[str, float]:
-    """Do the main table's metrics tell what they claim to? ``image``: the share of ground-truth renders
-    (every prompt that keeps the subject's colours, for every subject) whose image score is highest
-    against their own subject's references among all subjects' (the score as ``dti.metrics`` computes
-    it: the mean cosine to the references); also for ``mini_clip_i``. ``text``: the share of (test
-    subject, prompt) whose ground-truth render has the highest text score with the prompt's scoring text
-    among the renders of the set's prompts (same subject and seed)."""
-    from dti.metrics import METRICS
+def metric_discrimination(backbones, world_dir: Path, renders: dict[str, list], subjects: list[world.Subject]
+                          ) -> dict[str, float]:
+    """Do the main table's metrics tell what they claim to? (``renders``: every subject's
+    ``ground_truth_renders``.) ``image``: the share of ground-truth renders (every prompt that keeps the
+    subject's colours, for every subject) whose image score is highest against their own subject's
+    references among all subjects' (references read and scored as ``dti.metrics`` does: the mean cosine
+    to them); also for ``mini_clip_i``. ``text``: the share of (subject of ``subjects``, prompt) whose
+    ground-truth render has the highest text score with the prompt's scoring text among the renders of
+    the set's prompts."""
+    from dti.metrics import METRICS, subject_references
 
     everyone = list(world.SUBJECTS)
-    test = [s for s in (subjects or everyone) if s.split == "test"]
     keeps = [i for i, (_, a) in enumerate(world.PROMPT_ATTRIBUTES) if "colour" not in a]
-    renders = {s.name: ground_truth_renders(s, seed) for s in everyone}
+    embedded = {}  # view -> subject -> [prompts, D]: each render embedded once per view
+    for view in dict.fromkeys(METRICS[m].view for m in (IMAGE_METRIC, "mini_clip_i", TEXT_METRIC)):
+        embedded[view] = {s.name: backbones.image_embeddings("mini", renders[s.name], view) for s in everyone}
     out = {}
     for metric in (IMAGE_METRIC, "mini_clip_i"):
         view = METRICS[metric].view
-        refs = torch.stack([backbones.image_embeddings("mini", _references(world_dir, s.name), view).mean(0)
+        refs = torch.stack([backbones.image_embeddings("mini", subject_references(world_dir / "subjects", s.name),
+                                                       view).mean(0)
                             for s in everyone])  # mean over references: scores are means of cosines
         hits = []
         for k, s in enumerate(everyone):
-            emb = backbones.image_embeddings("mini", [renders[s.name][i] for i in keeps], view)
-            hits += (emb @ refs.T).argmax(dim=1).eq(k).tolist()
+            hits += (embedded[view][s.name][keeps] @ refs.T).argmax(dim=1).eq(k).tolist()
         out[f"image_names_subject.{metric}"] = float(np.mean(hits))
     hits = []
-    for s in test:
-        images = backbones.image_embeddings("mini", renders[s.name], METRICS[TEXT_METRIC].view)
+    for s in subjects:
         texts = backbones.text_embeddings("mini", [t.format(s.cls) + "." for t in world.PROMPTS])
+        images = embedded[METRICS[TEXT_METRIC].view][s.name]
         hits += (texts @ images.T).argmax(dim=1).eq(torch.arange(len(texts))).tolist()
     out["text_ranks_prompt"] = float(np.mean(hits))
     return out
@@ -243,17 +251,12 @@ def personalization(world_dir: Path, pipe, readout, subjects: list[world.Subject
     """TI (training seed 0) on every subject, trained together (``dti.train.train_group``); per subject the
     share of the images of "a photo of <s>" (seeds 0 ... photos-1) in which the read-out finds its class,
     colour and pattern."""
-    from dti.config import TrainConfig
     from dti.embeddings import load_embeddings
     from dti.sample import quiet_new_embeddings
     from dti.train import train_group
 
-    cfgs = [TrainConfig(method="ti", model=str(world_dir / "pipeline"), family="sd",
-                        images=str(world_dir / "subjects" / s.name), placeholder=f"<{s.name}>", initializer=s.cls,
-                        steps=steps, resolution=world.SIZE, seed=0, device=device, checkpoint_every=0,
-                        latent_sampling="mode")  # the UNet learned on posterior means (experiments/mini.yaml)
-            for s in subjects]
-    runs = train_group(cfgs, [out / "runs" / s.name for s in subjects])
+    runs = train_group([_ti_config(world_dir, s, steps, device) for s in subjects],
+                       [out / "runs" / s.name for s in subjects])
     results = {}
     for s, run in zip(subjects, runs):
         with quiet_new_embeddings():
@@ -273,16 +276,11 @@ def personalization(world_dir: Path, pipe, readout, subjects: list[world.Subject
 def budgets(world_dir: Path, subject: world.Subject, steps: int, out: Path, device: str = "cpu") -> dict:
     """Wall seconds of one TI run alone and of sampling one subject's prompt set at ``EVAL_SEEDS``
     (``dti.sample``, as the workflow samples), and the megabytes of the world's weights."""
-    from dti.config import TrainConfig
     from dti.sample import SampleConfig, sample
     from dti.train import train
 
-    cfg = TrainConfig(method="ti", model=str(world_dir / "pipeline"), family="sd",
-                      images=str(world_dir / "subjects" / subject.name), placeholder=f"<{subject.name}>",
-                      initializer=subject.cls, steps=steps, resolution=world.SIZE, seed=0, device=device,
-                      checkpoint_every=0, latent_sampling="mode")
     t0 = time.time()
-    run = train(cfg, out / "budget_run")
+    run = train(_ti_config(world_dir, subject, steps, device), out / "budget_run")
     train_seconds = time.time() - t0
     t0 = time.time()
     sample(run, out / "budget_samples", subject.name, subject.cls, world.PROMPTS, EVAL_SEEDS, "mini",
@@ -337,14 +335,15 @@ def run_gates(world_dir, out, quick: bool = False, threads: int | None = None, d
     t0 = time.time()
     per_seed = []
     for seed in seeds:
+        renders = {s.name: ground_truth_renders(s, seed) for s in world.SUBJECTS}  # drawn once, read by both
         per_seed.append({
             "seed": seed,
             "readout_on_renders": readout_accuracy(readout, n_readout, seed=101 + seed),
             "readout_on_vae_reconstructions": readout_accuracy(readout, n_readout, seed=101 + seed, vae=pipe.vae),
             "evaluator": {"top1_of_100": evaluator_retrieval(evaluator, n_retrieval, seed=202 + seed)},
             "base_model": base_model(pipe, readout, n_base, seed=303 + seed, out=out, grid=seed == seeds[0]),
-            "metrics": metric_discrimination(backbones, world_dir, seed, subjects),
-            "readout_on_ground_truth": readout_on_ground_truth(readout, seed, subjects)})
+            "metrics": metric_discrimination(backbones, world_dir, renders, subjects),
+            "readout_on_ground_truth": readout_on_ground_truth(readout, renders, subjects)})
     report = {"per_seed": per_seed, "text_sensitivity": text_sensitivity(pipe),
               "personalization": personalization(world_dir, pipe, readout, subjects, steps, out, photos, device),
               "budget": budgets(world_dir, test[0], steps, out, device)}
