@@ -40,7 +40,8 @@ from .io import DTIError, atomic_path
 from .tables import CELL, paper_numbers
 
 # (image, text) metric of each scoring protocol (the workflow's choice): the first pair the run has
-PROTOCOL_METRICS = (("dinov2", "siglip"), ("dino", "clip_t"), ("mini_patch", "mini_clip_t"))
+PROTOCOL_METRICS = (("dinov2", "siglip"), ("dino", "clip_t"), ("mini_object", "mini_clip_t"),
+                    ("mini_patch", "mini_clip_t"))
 RUN = re.compile(r"(?P<subject>.+)/seed(?P<seed>\d+)")  # a run's label in the analysis tables
 CELL_FOLDER = re.compile(r"direction_optimizer~(?P<direction_optimizer>.+?)_m_star~(?P<m_star>.+?)_kappa~(?P<kappa>.+)")
 PAPER_DEFAULT = {"direction_optimizer": "rsgd", "m_star": "mean", "kappa": 0.0001}  # the paper's ablation default

@@ -4,7 +4,8 @@
 
 Stages run in order; each keeps a checkpoint (safetensors) and a loss log in ``WORK/<stage>``
 and is skipped once finished, so an interrupted build continues where it stopped, also in
-another sitting. ``export`` writes the shipped folder; ``gates`` measures it (``miniworld.gates``).
+another sitting (``--stop-after STAGE`` ends a sitting at a stage's end). ``export`` writes the shipped
+folder; ``gates`` measures it (``miniworld.gates``).
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import csv
 import math
 import multiprocessing
 import os
+import shutil
+import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -35,7 +38,8 @@ class BuildConfig:
     seed: int = option(0, "World seed: data, initialisations and batch draws all derive from it.")
     train_images: int = option(120_000, "Pretraining scenes (conditioning CLIP, VAE, UNet).")
     eval_images: int = option(40_000, "Scenes of a second seed (evaluator CLIP, read-out).")
-    vae_steps: int = option(4750, "VAE steps.")
+    vae_factor: int = option(2, "VAE downsampling: 2 (16 x 16 x 4 latents) or 4 (8 x 8 x 16, the first world's).")
+    vae_steps: int = option(4500, "VAE steps.")
     vae_batch: int = option(128, "VAE batch size.")
     vae_decode_sample: bool = option(False, "Train the decoder on posterior samples instead of the posterior mean the "
                                             "UNet is trained on.")
@@ -47,15 +51,22 @@ class BuildConfig:
                                                "(0: contrastive only).")
     text_width: int = option(64, "Width of the conditioning text encoder.")
     evaluator_width: int = option(96, "Width of the evaluator CLIP (a different model from the conditioning one).")
-    evaluator_steps: int = option(1200, "Steps of the evaluator CLIP.")
+    evaluator_steps: int = option(2400, "Steps of the evaluator CLIP.")
+    evaluator_attribute_weight: float = option(1.0, "Weight of attribute heads on the evaluator's image tower (0: "
+                                                    "contrastive only, which left it blind to position and count).")
     unet_steps: int = option(6500, "UNet steps.")
     unet_batch: int = option(128, "UNet batch size.")
     unet_lr: float = option(6e-4, "UNet peak learning rate (AdamW, warm-up then cosine).")
     caption_dropout: float = option(0.1, "Share of empty captions in UNet training (for classifier-free guidance).")
-    readout_steps: int = option(1000, "Attribute read-out steps.")
-    judge_scenes: bool = option(False, "The evaluator CLIP and the read-out learn from judge scenes (any pattern "
+    readout_steps: int = option(3000, "Attribute read-out steps.")
+    object_views: int = option(60_000, "Scenes of one object each (``world.object_views``) for the image encoder.")
+    image_encoder_steps: int = option(2500, "Image encoder steps.")
+    mark_colours: str = option("any", "Stripe and dot colours of pretraining scenes: 'any' (every colour but the "
+                                      "shape's own, named in some captions; never a subject's (colour, pattern, "
+                                      "mark colour)) or 'white_black' (the first world's: no subject could be drawn).")
+    judge_scenes: bool = option(True, "The evaluator CLIP and the read-out learn from judge scenes (any pattern "
                                        "colour, every triple: they must read the subjects the generator never saw); "
-                                       "False (the shipped world's): from pretraining scenes of another seed.")
+                                       "False (the first world's): from pretraining scenes of another seed.")
     checkpoint_every: int = option(250, "Steps between checkpoints.")
 
 
@@ -67,7 +78,9 @@ def check_image_tower(name: str):
         raise DTIError(f"image_tower must be one of {', '.join(IMAGE_TOWERS)}, not {name!r}")
 
 
-STAGES = ("data", "text", "vae", "unet", "evaluator", "readout", "export")
+# The judges first: they need only the data, and the gates that read renders can be measured before the
+# generator exists.
+STAGES = ("data", "readout", "evaluator", "image_encoder", "text", "vae", "unet", "export")
 
 
 # --------------------------------------------------------------------------- #
@@ -77,8 +90,8 @@ CHUNK = 5000
 
 
 def _chunk(args):
-    seed, index, judge = args
-    return world.dataset(seed * 100_003 + index, CHUNK, judge=judge)
+    seed, index, judge, mark_colours = args
+    return world.dataset(seed * 100_003 + index, CHUNK, judge=judge, mark_colours=mark_colours)
 
 
 def build_data(work: Path, cfg: BuildConfig, n: int, seed: int, name: str, judge: bool = False):
@@ -86,7 +99,7 @@ def build_data(work: Path, cfg: BuildConfig, n: int, seed: int, name: str, judge
     ``judge``, the evaluators' scenes (``world.random_scene``)."""
     if (work / f"{name}.safetensors").is_file():
         return
-    chunks = [(seed, i, judge) for i in range(math.ceil(n / CHUNK))]
+    chunks = [(seed, i, judge, cfg.mark_colours) for i in range(math.ceil(n / CHUNK))]
     with multiprocessing.get_context("spawn").Pool(min(len(chunks), os.cpu_count() or 1)) as pool:
         parts = pool.map(_chunk, chunks)
     images = np.concatenate([p["images"] for p in parts])[:n]
@@ -116,6 +129,7 @@ class Stage:
         self.steps, self.lr, self.warmup = steps, lr, warmup
         self.ema = ema or {}
         self.seconds_before = 0.0  # training time of earlier sittings, up to the checkpoint resumed from
+        self.packed = False  # a finished stage copied by ``pack``: weights only
         device = next(next(iter(modules.values())).parameters()).device
         self.device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
         folder.mkdir(parents=True, exist_ok=True)
@@ -141,6 +155,7 @@ class Stage:
         tensors = load_tensors(path)
         meta = read_json(self.folder / "checkpoint.json")
         self.seconds_before = meta.get("seconds", 0.0)
+        self.packed = meta.get("packed", False)
         for prefix, group in (("model", self.modules), ("ema", self.ema)):
             for n, m in group.items():
                 m.load_state_dict({k[len(f"{prefix}.{n}."):]: v for k, v in tensors.items()
@@ -168,6 +183,9 @@ class Stage:
         """``step_fn(step, generator) -> dict of floats``; the generator (on the CPU, whatever the
         device) is seeded by (seed, step), so a resumed stage, or one on another device, draws the
         same batches as an uninterrupted one."""
+        if self.packed:
+            raise DTIError(f"{self.folder} was packed without its optimizer state: it cannot train on to {self.steps} "
+                           "steps; use a new --work folder")
         log_path = self.folder / "log.csv"
         if self.start == 0:
             log_path.unlink(missing_ok=True)
@@ -283,7 +301,7 @@ def train_clip(folder: Path, data: dict, tokenizer, width: int, steps: int, batc
 
 def train_vae(folder: Path, data: dict, cfg: BuildConfig, device: str = "cpu"):
     torch.manual_seed(cfg.seed + 11)
-    vae = models.make_vae().to(device)
+    vae = models.make_vae(cfg.vae_factor).to(device)
     stage = Stage(folder, {"vae": vae}, _adamw([vae], 2e-3, 0.0), cfg.vae_steps, 2e-3)
     if stage.done:
         return vae
@@ -319,8 +337,8 @@ def train_unet(folder: Path, latents: torch.Tensor, data: dict, tokenizer, text_
     from diffusers import DDPMScheduler
 
     torch.manual_seed(cfg.seed + 13)
-    unet = models.make_unet(text_encoder.config.hidden_size)
-    ema = models.make_unet(text_encoder.config.hidden_size)
+    unet = models.make_unet(text_encoder.config.hidden_size, cfg.vae_factor)
+    ema = models.make_unet(text_encoder.config.hidden_size, cfg.vae_factor)
     ema.load_state_dict(unet.state_dict())
     unet.to(device)
     ema.to(device)
@@ -395,18 +413,68 @@ def train_readout(folder: Path, data: dict, cfg: BuildConfig, device: str = "cpu
     return model.eval()
 
 
+def _view_chunk(args):
+    seed, index = args
+    return world.object_views(seed * 100_003 + index, CHUNK)
+
+
+def build_views(work: Path, n: int, seed: int):
+    """``views.safetensors``: n ``world.object_views``, in chunks of CHUNK as ``build_data``."""
+    if (work / "views.safetensors").is_file():
+        return
+    chunks = [(seed, i) for i in range(math.ceil(n / CHUNK))]
+    with multiprocessing.get_context("spawn").Pool(min(len(chunks), os.cpu_count() or 1)) as pool:
+        parts = pool.map(_view_chunk, chunks)
+    save_tensors({"images": torch.from_numpy(np.concatenate([p["images"] for p in parts])[:n]),
+                  **{f"label.{h}": torch.from_numpy(np.concatenate([p["labels"][h] for p in parts])[:n])
+                     for h in world.OBJECT_HEADS}}, work / "views.safetensors")
+
+
+def train_image_encoder(folder: Path, views: dict, cfg: BuildConfig, device: str = "cpu", batch: int = 256):
+    """The main table's image metric (the DINO analogue): a ResNet whose pooled features name the object's
+    class, colour, pattern and mark colour (linear heads, not shipped) in scenes of any background, place,
+    size and company, so that they keep what the object is and little of where and on what it is drawn.
+    (A contrastive recipe, two views of one object against the batch, collapsed to a constant here.)"""
+    torch.manual_seed(cfg.seed + 19)
+    encoder = models.make_image_encoder().to(device)
+    width = encoder.config.hidden_sizes[-1]
+    heads = torch.nn.ModuleDict({h: torch.nn.Linear(width, len(v)) for h, v in world.OBJECT_HEADS.items()}).to(device)
+    stage = Stage(folder, {"encoder": encoder, "heads": heads}, _adamw([encoder, heads], 2e-3, 0.05),
+                  cfg.image_encoder_steps, 2e-3)
+    if stage.done:
+        return encoder.eval()
+    images, labels = views["images"], views["labels"]
+
+    def step_fn(step, gen):
+        idx = torch.randint(len(images), (batch,), generator=gen)
+        pixels = readout_augment(models.vae_pixels(images[idx]), gen)
+        pixels = F.interpolate(pixels, scale_factor=models.ENCODER_UPSAMPLE, mode="nearest")  # as encoder_pixels
+        pooled = encoder(pixel_values=pixels.to(device)).pooler_output.flatten(1)
+        out = {h: head(pooled) for h, head in heads.items()}
+        losses = {h: F.cross_entropy(out[h], labels[h][idx].to(device)) for h in out}
+        loss = sum(losses.values())
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(stage.opt.param_groups[0]["params"], 1.0)
+        stage.opt.step()
+        stage.opt.zero_grad(set_to_none=True)
+        truth = {h: labels[h][idx].to(device) for h in out}
+        return {"loss": loss.item(), **{f"acc_{h}": (out[h].argmax(1) == truth[h]).float().mean().item() for h in out}}
+
+    encoder.train()
+    stage.run(step_fn, cfg.checkpoint_every, cfg.seed + 19)
+    return encoder.eval()
+
+
 # --------------------------------------------------------------------------- #
 # Export: the folder the suite ships
 # --------------------------------------------------------------------------- #
 def export(out: Path, work: Path, cfg: BuildConfig, tokenizer, text_clip, vae, unet, evaluator, evaluator_tokenizer,
-           readout, scaling_factor: float):
-    import shutil
-    import tempfile
-
+           readout, image_encoder, scaling_factor: float):
     from diffusers import DDIMScheduler, StableDiffusionPipeline
     from transformers import CLIPTextModel
 
-    text_clip, vae, unet, evaluator, readout = (m.to("cpu") for m in (text_clip, vae, unet, evaluator, readout))
+    text_clip, vae, unet, evaluator, readout, image_encoder = (
+        m.to("cpu") for m in (text_clip, vae, unet, evaluator, readout, image_encoder))
     for tok in (tokenizer, evaluator_tokenizer):  # save no padding state left by the training stages
         tok.backend_tokenizer.no_padding()
         tok.backend_tokenizer.no_truncation()
@@ -424,13 +492,15 @@ def export(out: Path, work: Path, cfg: BuildConfig, tokenizer, text_clip, vae, u
         evaluator_tokenizer.save_pretrained(tmp / "evaluator")
         models.image_processor().save_pretrained(tmp / "evaluator")
         readout.save(tmp / "readout")
+        image_encoder.save_pretrained(tmp / "image_encoder", safe_serialization=True)
+        models.image_encoder_processor().save_pretrained(tmp / "image_encoder")
         write_subjects(tmp, cfg.seed)
         logs = tmp / "logs"
         logs.mkdir()
         for stage in STAGES[1:-1]:
             if (work / stage / "log.csv").is_file():
                 shutil.copy(work / stage / "log.csv", logs / f"{stage}.csv")
-        write_json({"config": asdict(cfg), "versions": package_versions(),
+        write_json({"config": asdict(cfg), "renderer": world.RENDERER, "versions": package_versions(),
                     "stages": {s: read_json(work / s / "done.json") for s in STAGES[1:-1]
                                if (work / s / "done.json").is_file()}},
                    tmp / "build.json")
@@ -465,67 +535,150 @@ def write_subjects(folder: Path, seed: int):
 
 
 # --------------------------------------------------------------------------- #
-def build(work: Path, out: Path, cfg: BuildConfig, threads: int | None = None, device: str = "cpu"):
+def pack(work: Path, dest: Path):
+    """Copy the finished stages of ``work`` into a new work folder ``dest`` without their optimizer state
+    (the data is not copied: a build draws it again from the seed). Small enough to keep between sittings
+    on another machine; its stages are done and cannot train to more steps."""
+    if not (work / "config.json").is_file():
+        raise DTIError(f"{work} is not a build's work folder (no config.json)")
+    if dest.exists():
+        raise DTIError(f"{dest} exists; pack into a new folder")
+    finished = [s for s in STAGES[1:-1] if (work / s / "done.json").is_file()]
+    if not finished:
+        raise DTIError(f"{work} has no finished stage to pack")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+    try:
+        shutil.copy(work / "config.json", tmp / "config.json")
+        for stage in finished:
+            (tmp / stage).mkdir()
+            tensors = load_tensors(work / stage / "checkpoint.safetensors")
+            save_tensors({k: v for k, v in tensors.items() if not k.startswith("opt.")},
+                         tmp / stage / "checkpoint.safetensors")
+            meta = read_json(work / stage / "checkpoint.json")
+            write_json({**meta, "packed": True}, tmp / stage / "checkpoint.json")
+            for name in ("done.json", "log.csv"):
+                shutil.copy(work / stage / name, tmp / stage / name)
+        tmp.rename(dest)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    return finished
+
+
+def check_work_folder(work: Path, cfg: BuildConfig):
+    """Only more steps may be asked of an existing build (its stages continue); anything else would mix two
+    worlds."""
+    config_path = work / "config.json"
+    if not config_path.is_file():
+        return
+    old = read_json(config_path)
+    if "vae_factor" not in old:
+        raise DTIError(f"{work} holds a build of the first world (another renderer); use a new --work folder")
+    renderer = old.get("renderer", 2)  # the second build's work folders predate the record
+    if renderer != world.RENDERER:
+        raise DTIError(f"{work} holds renders of renderer {renderer}, this code draws renderer {world.RENDERER}; "
+                       "use a new --work folder")
+    # a field newer than the build (and its renderer): it was built with the field's default
+    before = asdict(BuildConfig())
+    changed = sorted(k for k, v in asdict(cfg).items()
+                     if old.get(k, before[k]) != v and not k.endswith("_steps"))
+    if changed:
+        raise DTIError(f"{work} holds a build with other {', '.join(changed)}; use a new --work folder")
+    # The UNet learns from the text encoder's states and the VAE's latents: once it has started, those two
+    # stages are fixed.
+    upstream = [k for k in ("clip_steps", "vae_steps") if old.get(k) != getattr(cfg, k)]
+    if upstream and (work / "unet").exists():
+        raise DTIError(f"{work}: the UNet has been trained on this build's {' and '.join(upstream)}; "
+                       "use a new --work folder to change them")
+    if "vae_steps" in upstream:
+        (work / "vae" / "latents.safetensors").unlink(missing_ok=True)  # encoded by the shorter VAE
+
+
+def build(work: Path, out: Path, cfg: BuildConfig, threads: int | None = None, device: str = "cpu",
+          stop_after: str = "export"):
+    """Every stage up to ``stop_after`` (each resumed or skipped when done), in ``STAGES`` order."""
     if threads:
         torch.set_num_threads(threads)
     check_image_tower(cfg.clip_image_tower)  # before any stage runs
+    if cfg.mark_colours not in world.MARK_COLOURS:
+        raise DTIError(f"mark_colours must be one of {', '.join(world.MARK_COLOURS)}, not {cfg.mark_colours!r}")
+    models.check_vae_factor(cfg.vae_factor)
+    if stop_after not in STAGES:
+        raise DTIError(f"stop_after must be one of {', '.join(STAGES)}, not {stop_after!r}")
     device = str(resolve_device(device))
     work.mkdir(parents=True, exist_ok=True)
-    config_path = work / "config.json"
-    if config_path.is_file():
-        # Only more steps may be asked of an existing build (its stages continue); anything else
-        # would mix two worlds.
-        old = read_json(config_path)
-        defaults = asdict(BuildConfig())  # a field newer than the build: it was built with the default
-        changed = sorted(k for k, v in asdict(cfg).items()
-                         if old.get(k, defaults[k]) != v and not k.endswith("_steps"))
-        if changed:
-            raise DTIError(f"{work} holds a build with other {', '.join(changed)}; use a new --work folder")
-        # The UNet learns from the text encoder's states and the VAE's latents: once it has
-        # started, those two stages are fixed.
-        upstream = [k for k in ("clip_steps", "vae_steps") if old.get(k) != getattr(cfg, k)]
-        if upstream and (work / "unet").exists():
-            raise DTIError(f"{work}: the UNet has been trained on this build's {' and '.join(upstream)}; "
-                           "use a new --work folder to change them")
-        if "vae_steps" in upstream:
-            (work / "vae" / "latents.safetensors").unlink(missing_ok=True)  # encoded by the shorter VAE
-    write_json(asdict(cfg), config_path)
+    check_work_folder(work, cfg)
+    write_json({**asdict(cfg), "renderer": world.RENDERER}, work / "config.json")
+    last = STAGES.index(stop_after)
     t0 = time.time()
     build_data(work, cfg, cfg.train_images, cfg.seed, "train")
     build_data(work, cfg, cfg.eval_images, cfg.seed + 1, "eval", judge=cfg.judge_scenes)
     print(f"data ready ({time.time() - t0:.0f} s)", flush=True)
-    train, held = load_data(work, "train"), load_data(work, "eval")
+    if last == 0:
+        return
+    held = load_data(work, "eval")
+    readout = train_readout(work / "readout", held, cfg, device)
+    evaluator_tokenizer = models.make_tokenizer()
+    if last >= STAGES.index("evaluator"):
+        evaluator = train_clip(work / "evaluator", held, evaluator_tokenizer, cfg.evaluator_width,
+                               cfg.evaluator_steps, cfg.clip_batch, cfg.seed + 5, cfg.checkpoint_every,
+                               attribute_weight=cfg.evaluator_attribute_weight, device=device)
+    if last >= STAGES.index("image_encoder"):
+        build_views(work, cfg.object_views, cfg.seed + 2)
+        views = load_tensors(work / "views.safetensors")
+        views = {"images": views["images"], "labels": {h: views[f"label.{h}"] for h in world.OBJECT_HEADS}}
+        image_encoder = train_image_encoder(work / "image_encoder", views, cfg, device)
+    if last < STAGES.index("text"):
+        return
+    train = load_data(work, "train")
     tokenizer = models.make_tokenizer()
     text_clip = train_clip(work / "text", train, tokenizer, cfg.text_width, cfg.clip_steps, cfg.clip_batch,
                            cfg.seed + 3, cfg.checkpoint_every, cfg.clip_image_tower, cfg.clip_attribute_weight, device)
+    if last < STAGES.index("vae"):
+        return
     vae = train_vae(work / "vae", train, cfg, device)
     latents_path = work / "vae" / "latents.safetensors"
     if not latents_path.is_file():
         save_tensors({"latents": encode_latents(vae, train["images"])}, latents_path)
+    if last < STAGES.index("unet"):
+        return
     latents = load_tensors(latents_path)["latents"]
     scaling_factor = float(1.0 / latents.std())
     unet = train_unet(work / "unet", latents * scaling_factor, train, tokenizer, text_clip.text_model, cfg, device)
-    evaluator_tokenizer = models.make_tokenizer()
-    evaluator = train_clip(work / "evaluator", held, evaluator_tokenizer, cfg.evaluator_width, cfg.evaluator_steps,
-                           cfg.clip_batch, cfg.seed + 5, cfg.checkpoint_every, device=device)
-    readout = train_readout(work / "readout", held, cfg, device)
-    export(out, work, cfg, tokenizer, text_clip, vae, unet, evaluator, evaluator_tokenizer, readout, scaling_factor)
+    if last < STAGES.index("export"):
+        return
+    export(out, work, cfg, tokenizer, text_clip, vae, unet, evaluator, evaluator_tokenizer, readout, image_encoder,
+           scaling_factor)
     print(f"exported {out} ({time.time() - t0:.0f} s this sitting)", flush=True)
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m miniworld.build", description=__doc__.splitlines()[0])
     parser.add_argument("--work", required=True, help="Folder for data, checkpoints and logs (resumable).")
-    parser.add_argument("--out", required=True, help="Folder to write the shipped world to.")
+    parser.add_argument("--out", help="Folder to write the shipped world to (required unless --pack).")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice).")
     parser.add_argument("--device", default="cpu",
                         help="Device to train on (cpu, cuda, cuda:1, auto, ...); the batches are drawn on the CPU, "
                              "so every device sees the same data.")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="Override a BuildConfig field.")
+    parser.add_argument("--stop-after", default="export", choices=STAGES,
+                        help="Stop once this stage is done (the next sitting continues from there).")
+    parser.add_argument("--pack", metavar="DEST", help="Only copy the finished stages of --work, without optimizer "
+                                                       "state or data, into the new work folder DEST, to continue "
+                                                       "the build elsewhere (megabytes instead of gigabytes).")
     args = parser.parse_args(argv)
+    if args.pack:
+        try:
+            print("packed " + ", ".join(pack(Path(args.work), Path(args.pack))) + f" into {args.pack}")
+        except DTIError as e:
+            raise SystemExit(f"error: {e}") from None
+        return
+    if not args.out:
+        parser.error("--out is required (unless --pack)")
     try:
         cfg = apply_assignments(BuildConfig(), args.set)
-        build(Path(args.work), Path(args.out), cfg, args.threads, args.device)
+        build(Path(args.work), Path(args.out), cfg, args.threads, args.device, args.stop_after)
     except DTIError as e:
         raise SystemExit(f"error: {e}") from None
 

@@ -9,7 +9,8 @@ and the minimum, and its threshold applies to the minimum.
   their VAE reconstructions (what the VAE lets through bounds what the base model can show);
 * evaluator: caption retrieval, top-1 among 100 full captions, on fresh renders;
 * base model: prompted attributes of generated images, on (class, colour, background)
-  triples never rendered in pretraining, read by the read-out;
+  triples never rendered in pretraining, read by the read-out. The pattern is asked too: a subject is
+  a pattern the generator must draw, and no token can make it draw what words cannot;
 * metrics discriminate: the main table's image metric names the subject of a ground-truth render
   of its prompt set among all subjects (against their reference photos, as scoring uses them), and
   its text metric ranks the ground-truth render of a prompt above those of the set's other prompts;
@@ -41,7 +42,8 @@ from . import models, world
 
 # Gate -> threshold on the minimum over seeds (over subjects for personalization).
 THRESHOLDS = {"base_model.class": 0.9, "base_model.background": 0.95, "base_model.colour": 0.95,
-              "base_model.position": 0.95, "base_model.size": 0.9, "reconstruction.class": 0.95,
+              "base_model.pattern": 0.9, "base_model.position": 0.95, "base_model.size": 0.9,
+              "reconstruction.class": 0.95,
               "evaluator.top1_of_100": 0.8, "metrics.image_names_subject": 0.9, "metrics.text_ranks_prompt": 0.8,
               "readout.prompt_on_ground_truth": 0.95, "readout.subject_on_ground_truth": 0.95,
               "personalization.ti_shows_subject": 0.8}
@@ -50,8 +52,15 @@ SAMPLING = {"steps": 25, "guidance_scale": 4.0}  # the mini world's sampling pro
 EVAL_SEEDS = [0, 1, 2, 3]  # the prompt set's budget: 15 prompts x 4 seeds
 GATE_SEEDS = (0, 1, 2)  # each offsets the seed of every drawing gate
 PHOTO_SEEDS = 16  # images of "a photo of <s>" per subject in the personalization gate
-BASE_ATTRIBUTES = ("class", "colour", "background", "position", "size")
-IMAGE_METRIC, TEXT_METRIC = "mini_patch", "mini_clip_t"  # the main table's (experiments/rules/common.smk)
+BASE_ATTRIBUTES = ("class", "colour", "pattern", "background", "position", "size")
+IMAGE_METRIC, TEXT_METRIC = "mini_object", "mini_clip_t"  # the main table's (experiments/rules/common.smk)
+REPORTED_IMAGE_METRICS = ("mini_clip_i", "mini_patch")  # their image_names_subject is reported, not gated
+
+
+def world_backbones(world_dir: Path) -> dict[str, str]:
+    """The scoring backbones' model ids of a world folder."""
+    return {"mini": str(world_dir / "evaluator"), "mini_object": str(world_dir / "image_encoder"),
+            "readout": str(world_dir / "readout")}
 
 
 def held_out_scenes(n: int, seed: int) -> list[world.Scene]:
@@ -71,7 +80,7 @@ def held_out_scenes(n: int, seed: int) -> list[world.Scene]:
 
 def scene_caption(scene: world.Scene) -> str:
     s = scene.shapes[0]
-    return world.full_caption(s.cls, s.colour, scene.background, scene.position, s.size)
+    return world.full_caption(s.cls, s.colour, scene.background, scene.position, s.size, s.pattern)
 
 
 @torch.no_grad()
@@ -125,9 +134,11 @@ def text_sensitivity(pipe) -> dict[str, float]:
     """How far the conditioning encoder's output (all token states) moves when one attribute word
     of a gate caption changes, as a mean over pairs of its values. The denoiser sees nothing else
     of the prompt, so an attribute the encoder mutes is one the base model cannot draw."""
-    base = {"cls": "circle", "colour": "red", "background": "blue", "position": "left", "size": "large"}
+    base = {"cls": "circle", "colour": "red", "background": "blue", "position": "left", "size": "large",
+            "pattern": "striped"}
     values = {"cls": world.CLASSES, "colour": tuple(c for c in world.COLOURS if c != "blue"),
-              "background": tuple(b for b in world.BACKGROUNDS if b != "red"), "position": world.POSITIONS}
+              "background": tuple(b for b in world.BACKGROUNDS if b != "red"), "position": world.POSITIONS,
+              "pattern": world.PATTERNS}
     out = {}
     for key, options in values.items():
         captions = [world.full_caption(**{**base, key: v}) for v in options]
@@ -198,15 +209,14 @@ def readout_on_ground_truth(readout, renders: dict[str, list], subjects: list[wo
     """The attribute metrics on ground-truth renders of the prompt set (``renders``: subject name ->
     ``ground_truth_renders``) of ``subjects``: the most a perfect generator could score. ``prompt``: share
     of the asked attributes the read-out sees (``attr_prompt``); ``subject``: of the subject's class, colour
-    and pattern where the prompt keeps them (``attr_subject``)."""
+    and pattern where the prompt keeps them readable (``attr_subject``: ``world.subject_expectation``)."""
     asked, own = [], []
     for s in subjects:
         seen = readout.predict(renders[s.name])
         for k, (_, attributes) in enumerate(world.PROMPT_ATTRIBUTES):
             asked += [seen[h][k] == v for h, v in attributes.items()]
-            if "count" not in attributes:
-                own += [seen[h][k] == v for h, v in (("class", s.cls), ("colour", s.colour), ("pattern", s.pattern))
-                        if h not in attributes]
+            expected = world.subject_expectation(s.cls, s.colour, s.pattern, s.second, attributes)
+            own += [seen[h][k] == v for h, v in expected.items()]
     return {"prompt": float(np.mean(asked)), "subject": float(np.mean(own))}
 
 
@@ -217,33 +227,52 @@ def metric_discrimination(backbones, world_dir: Path, renders: dict[str, list], 
     ``ground_truth_renders``.) ``image``: the share of ground-truth renders (every prompt that keeps the
     subject's colours, for every subject) whose image score is highest against their own subject's
     references among all subjects' (references read and scored as ``dti.metrics`` does: the mean cosine
-    to them); also for ``mini_clip_i``. ``text``: the share of (subject of ``subjects``, prompt) whose
-    ground-truth render has the highest text score with the prompt's scoring text among the renders of
-    the set's prompts."""
+    to them); also for ``REPORTED_IMAGE_METRICS``. ``text``: the share of (subject of ``subjects``, prompt) whose
+    ground-truth render scores higher with the prompt's scoring text than every render of the set's other
+    prompts that does not show what the prompt asks (a text metric cannot prefer one of two images that
+    both match the text); ``text_ranks_prompt_among_all``: against every other render (reported)."""
     from dti.metrics import METRICS, subject_references
 
     everyone = list(world.SUBJECTS)
     keeps = [i for i, (_, a) in enumerate(world.PROMPT_ATTRIBUTES) if "colour" not in a]
-    embedded = {}  # view -> subject -> [prompts, D]: each render embedded once per view
-    for view in dict.fromkeys(METRICS[m].view for m in (IMAGE_METRIC, "mini_clip_i", TEXT_METRIC)):
-        embedded[view] = {s.name: backbones.image_embeddings("mini", renders[s.name], view) for s in everyone}
+
+    def embed(metric, images):
+        return backbones.image_embeddings(METRICS[metric].backbone, images, METRICS[metric].view)
+
+    embedded = {}  # (backbone, view) -> subject -> [prompts, D]: each render embedded once per embedding
+    for metric in (IMAGE_METRIC, *REPORTED_IMAGE_METRICS, TEXT_METRIC):
+        key = (METRICS[metric].backbone, METRICS[metric].view)
+        if key not in embedded:
+            embedded[key] = {s.name: embed(metric, renders[s.name]) for s in everyone}
     out = {}
-    for metric in (IMAGE_METRIC, "mini_clip_i"):
-        view = METRICS[metric].view
-        refs = torch.stack([backbones.image_embeddings("mini", subject_references(world_dir / "subjects", s.name),
-                                                       view).mean(0)
+    for metric in (IMAGE_METRIC, *REPORTED_IMAGE_METRICS):
+        key = (METRICS[metric].backbone, METRICS[metric].view)
+        refs = torch.stack([embed(metric, subject_references(world_dir / "subjects", s.name)).mean(0)
                             for s in everyone])  # mean over references: scores are means of cosines
         hits = []
         for k, s in enumerate(everyone):
-            hits += (embedded[view][s.name][keeps] @ refs.T).argmax(dim=1).eq(k).tolist()
+            hits += (embedded[key][s.name][keeps] @ refs.T).argmax(dim=1).eq(k).tolist()
         out[f"image_names_subject.{metric}"] = float(np.mean(hits))
-    hits = []
+    hits, hits_among_all = [], []
     for s in subjects:
         texts = backbones.text_embeddings("mini", [t.format(s.cls) + "." for t in world.PROMPTS])
-        images = embedded[METRICS[TEXT_METRIC].view][s.name]
-        hits += (texts @ images.T).argmax(dim=1).eq(torch.arange(len(texts))).tolist()
+        images = embedded[(METRICS[TEXT_METRIC].backbone, METRICS[TEXT_METRIC].view)][s.name]
+        scores = texts @ images.T
+        hits_among_all += scores.argmax(dim=1).eq(torch.arange(len(texts))).tolist()
+        shows = _shows_what_is_asked(s)
+        hits += [bool(scores[i, i] > scores[i, ~shows[i]].max()) for i in range(len(texts))]
     out["text_ranks_prompt"] = float(np.mean(hits))
+    out["text_ranks_prompt_among_all"] = float(np.mean(hits_among_all))
     return out
+
+
+def _shows_what_is_asked(subject: world.Subject) -> torch.Tensor:
+    """[prompts, prompts] bool: the ground-truth scene of prompt j shows every attribute prompt i asks (so
+    "a large {}" is as true of the render of "a {} on a red background" as of its own; the poses do not
+    change what a ground-truth scene shows)."""
+    scenes = ground_truth_scenes(subject, seed=0)
+    return torch.tensor([[all(scene.labels.get(h) == v for h, v in asked.items()) for scene in scenes]
+                         for _, asked in world.PROMPT_ATTRIBUTES])
 
 
 def personalization(world_dir: Path, pipe, readout, subjects: list[world.Subject], steps: int, out: Path,
@@ -298,14 +327,32 @@ def _check(values: list[float], threshold: float, at_most: bool = False) -> dict
             "threshold": threshold, "pass": bool(worst <= threshold if at_most else worst >= threshold)}
 
 
-def gate_table(checks: dict) -> str:
-    """The gates as a Markdown table: mean and minimum over seeds (subjects), threshold, pass or fail."""
+def gate_table(checks: dict, reported: dict | None = None) -> str:
+    """The gates as a Markdown table: mean and minimum over seeds (subjects), threshold, pass or fail; then
+    the ``reported`` measures (no threshold), the same way."""
     lines = ["| gate | mean | min | max | threshold | |", "|---|---|---|---|---|---|"]
     for key, c in checks.items():
         sign = "<=" if key.startswith("budget.") else ">="
         lines.append(f"| {key} | {c['mean']:.3f} | {c['min']:.3f} | {c['max']:.3f} | {sign} {c['threshold']:g} | "
                      f"{'pass' if c['pass'] else 'FAIL'} |")
+    if reported:
+        lines += ["", "| reported (not gated) | mean | min | max |", "|---|---|---|---|"]
+        lines += [f"| {key} | {np.mean(v):.3f} | {min(v):.3f} | {max(v):.3f} |" for key, v in reported.items()]
     return "\n".join(lines) + "\n"
+
+
+def reported_measures(per_seed: list[dict]) -> dict[str, list[float]]:
+    """What the gates measure beside their thresholds, per seed: the read-out on fresh renders and on their
+    reconstructions, the other image metrics' subject naming, the text metric against every render."""
+    out = {}
+    for part in ("readout_on_renders", "readout_on_vae_reconstructions"):
+        for attribute in per_seed[0][part]:
+            out[f"{part}.{attribute}"] = [r[part][attribute] for r in per_seed]
+    for metric in REPORTED_IMAGE_METRICS:
+        out[f"metrics.image_names_subject.{metric}"] = [r["metrics"][f"image_names_subject.{metric}"]
+                                                        for r in per_seed]
+    out["metrics.text_ranks_prompt_among_all"] = [r["metrics"]["text_ranks_prompt_among_all"] for r in per_seed]
+    return out
 
 
 def run_gates(world_dir, out, quick: bool = False, threads: int | None = None, device: str = "cpu") -> dict:
@@ -321,6 +368,12 @@ def run_gates(world_dir, out, quick: bool = False, threads: int | None = None, d
 
     device = str(resolve_device(device))
     world_dir, out = Path(world_dir), Path(out)
+    if not (world_dir / "build.json").is_file():
+        raise DTIError(f"{world_dir} has no build.json: not a mini world folder")
+    renderer = world.renderer_of(world_dir)
+    if renderer != world.RENDERER:  # its judges learned other renders than the gates would draw
+        raise DTIError(f"{world_dir} was drawn by renderer {renderer}, this code draws renderer {world.RENDERER}: "
+                       "gate it with the code that built it")
     out.mkdir(parents=True, exist_ok=True)
     n_base, n_retrieval, n_readout = (16, 100, 64) if quick else (160, 500, 1000)
     seeds = GATE_SEEDS[:1] if quick else GATE_SEEDS
@@ -329,7 +382,7 @@ def run_gates(world_dir, out, quick: bool = False, threads: int | None = None, d
     steps, photos = (20, 4) if quick else (400, PHOTO_SEEDS)
     readout = models.Readout.load(world_dir / "readout", device)
     evaluator = models.Evaluator(world_dir / "evaluator", device)
-    backbones = Backbones([IMAGE_METRIC, "mini_clip_i", TEXT_METRIC], {"mini": str(world_dir / "evaluator")}, device)
+    backbones = Backbones([IMAGE_METRIC, *REPORTED_IMAGE_METRICS, TEXT_METRIC], world_backbones(world_dir), device)
     pipe = DiffusionPipeline.from_pretrained(world_dir / "pipeline", safety_checker=None).to(device)
     pipe.set_progress_bar_config(disable=True)
     t0 = time.time()
@@ -362,7 +415,9 @@ def run_gates(world_dir, out, quick: bool = False, threads: int | None = None, d
         checks[key] = _check(values, threshold)
     for key, limit in BUDGETS.items():
         checks[key] = _check([report["budget"][key.split(".")[1]]], limit, at_most=True)
-    report.update({"checks": checks, "all_pass": all(c["pass"] for c in checks.values()), "quick": quick,
+    reported = reported_measures(per_seed)
+    report.update({"checks": checks, "reported": reported, "all_pass": all(c["pass"] for c in checks.values()),
+                   "quick": quick,
                    "seeds": list(seeds), "sizes": {"base_model": n_base, "retrieval": n_retrieval,
                                                    "readout": n_readout, "photos": photos},
                    "subjects": [s.name for s in subjects],
@@ -370,7 +425,7 @@ def run_gates(world_dir, out, quick: bool = False, threads: int | None = None, d
                    "versions": package_versions()})
     write_json(report, out / "gates.json")
     with atomic_path(out / "gates.md") as tmp:
-        tmp.write_text(gate_table(checks))
+        tmp.write_text(gate_table(checks, reported))
     return report
 
 
@@ -386,7 +441,7 @@ def main(argv=None):
         report = run_gates(args.world, args.out, args.quick, args.threads, args.device)
     except DTIError as e:
         raise SystemExit(f"error: {e}") from None
-    print(gate_table(report["checks"]), end="")
+    print(gate_table(report["checks"], report["reported"]), end="")
 
 
 if __name__ == "__main__":

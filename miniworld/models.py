@@ -5,7 +5,7 @@
   final LayerNorm; a small ViT image tower). The conditioning encoder is its text model,
   pretrained against a CNN image tower; the evaluator is a second one (other seed, other
   width, its own ViT);
-* VAE: ``AutoencoderKL``, 32 px -> 8 x 8 x 16 latents;
+* VAE: ``AutoencoderKL``, 32 px -> 16 x 16 x 4 latents (the first world's: 8 x 8 x 16);
 * UNet: ``UNet2DConditionModel`` with cross-attention at 8 x 8 and 4 x 4;
 * the attribute read-out: a small CNN with one head per ground-truth attribute.
 """
@@ -73,22 +73,68 @@ def vae_pixels(images: torch.Tensor) -> torch.Tensor:
     return images.permute(0, 3, 1, 2).float() / 127.5 - 1.0
 
 
-def make_vae():
+VAE_FACTORS = (2, 4)  # the VAE's downsampling: 32 px -> 16 x 16 x 4 or 8 x 8 x 16 latents
+
+
+def check_vae_factor(factor: int):
+    if factor not in VAE_FACTORS:
+        raise DTIError(f"vae_factor must be one of {', '.join(map(str, VAE_FACTORS))}, not {factor}")
+
+
+def make_vae(factor: int = 4):
+    """factor 4: the first world's VAE (8 x 8 x 16 latents); factor 2: 16 x 16 x 4, nearer the identity,
+    so it reconstructs small shapes and thin stripes that the first one blurred."""
     from diffusers import AutoencoderKL
 
-    return AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 3,
-                         up_block_types=("UpDecoderBlock2D",) * 3, block_out_channels=(16, 32, 64),
-                         layers_per_block=1, latent_channels=16, norm_num_groups=8, sample_size=world.SIZE)
+    check_vae_factor(factor)
+    channels, latent = ((16, 32, 64), 16) if factor == 4 else ((16, 32), 4)
+    return AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * len(channels),
+                         up_block_types=("UpDecoderBlock2D",) * len(channels), block_out_channels=channels,
+                         layers_per_block=1, latent_channels=latent, norm_num_groups=8, sample_size=world.SIZE)
 
 
-def make_unet(cross_attention_dim: int):
+def make_unet(cross_attention_dim: int, vae_factor: int = 4):
+    """Cross-attention at the two coarsest resolutions (8 x 8 and 4 x 4 for either VAE)."""
     from diffusers import UNet2DConditionModel
 
-    return UNet2DConditionModel(
-        sample_size=world.SIZE // 4, in_channels=16, out_channels=16, block_out_channels=(64, 128, 128),
-        layers_per_block=1, down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=cross_attention_dim, attention_head_dim=8, norm_num_groups=32)
+    check_vae_factor(vae_factor)
+    if vae_factor == 4:
+        layout = dict(in_channels=16, block_out_channels=(64, 128, 128),
+                      down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+                      up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"))
+    else:
+        layout = dict(in_channels=4, block_out_channels=(32, 64, 128),
+                      down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+                      up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"))
+    return UNet2DConditionModel(sample_size=world.SIZE // vae_factor, out_channels=layout["in_channels"],
+                                layers_per_block=1, cross_attention_dim=cross_attention_dim, attention_head_dim=8,
+                                norm_num_groups=32, **layout)
+
+
+ENCODER_UPSAMPLE = 2  # the image encoder sees scenes at twice their size: its stem divides by four
+
+
+def make_image_encoder():
+    """The image encoder (``ResNetModel``): 128 pooled features. (A ConvNeXt of the same size learned the
+    class of a shape several times more slowly.)"""
+    from transformers import ResNetConfig, ResNetModel
+
+    return ResNetModel(ResNetConfig(num_channels=3, embedding_size=32, hidden_sizes=[32, 64, 128], depths=[1, 1, 1],
+                                    layer_type="basic", downsample_in_first_stage=False))
+
+
+def image_encoder_processor():
+    """Pixels in [-1, 1], each repeated ENCODER_UPSAMPLE times in both directions (``encoder_pixels``)."""
+    from transformers import ConvNextImageProcessor
+
+    side = world.SIZE * ENCODER_UPSAMPLE
+    return ConvNextImageProcessor(size={"shortest_edge": side}, crop_pct=1.0, image_mean=[0.5] * 3,
+                                  image_std=[0.5] * 3, resample=0)  # 0: nearest
+
+
+def encoder_pixels(images: torch.Tensor) -> torch.Tensor:
+    """uint8 [N, H, W, 3] -> the image encoder's input, as ``image_encoder_processor`` makes it."""
+    return nn.functional.interpolate(vae_pixels(images), scale_factor=ENCODER_UPSAMPLE, mode="nearest")
 
 
 def scheduler_config() -> dict:

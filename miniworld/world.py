@@ -7,15 +7,19 @@ ground truth (``labels``) for the attribute read-out.
 
 Held out of pretraining, by construction:
 * one (class, colour, background) triple in eight: the base-model gate prompts them;
-* pattern second colours other than white and black: the personal subjects use them.
+* the subjects' (colour, pattern, mark colour) combinations: a subject is new to the generator, yet made of
+  what it can draw (stripes and dots of every colour, bound to their words in some captions), so a learned
+  token can make it draw the subject.
 """
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 from dataclasses import dataclass, field
 from importlib import resources
+from pathlib import Path
 
 import numpy as np
 
@@ -40,14 +44,30 @@ POSITION_PHRASES = {
 }
 CENTRES = {"center": (16.0, 16.0), "left": (9.0, 16.0), "right": (23.0, 16.0), "top": (16.0, 9.0),
            "bottom": (16.0, 23.0)}
-RADII = {"small": (4.5, 5.5), "large": (8.0, 9.5)}
+RADII = {"small": (5.0, 6.0), "large": (8.0, 9.5)}
+# Marks (pixels at SIZE), centred on the shape, over a quarter to a third of it, so that its own colour stays
+# the one it is seen to have (half-and-half stripes left "blue with green stripes" as green as blue): 2.5-px
+# stripes every 7 px; 3.8-px dots on a 7-px lattice whose every other row is shifted by half a period (dots in
+# rows read as dashed stripes). The second build's finer marks (5-px period) sat at the latents' resolution,
+# and its denoiser drew stripes as dots and back.
+STRIPE_PERIOD, STRIPE_DUTY = 7.0, 0.35
+DOT_PERIOD, DOT_RADIUS = 7.0, 0.27  # radius in periods
+RENDERER = 3  # version of what render() draws; a build records it and refuses a work folder of another
 BACKGROUND_PHRASES = ("on a {} background", "against a {} background", "with a {} background")
 OWN_PREFIXES = ("a photo of a {}", "a picture of a {}", "an image of a {}", "a {}", "a drawing of a {}")
 COUNTS = (1, 2)
 # The read-out's heads and their classes, in a fixed order.
 HEADS = {"class": CLASSES, "colour": tuple(COLOURS), "pattern": PATTERNS, "background": tuple(BACKGROUNDS),
          "position": POSITIONS, "size": SIZES, "count": COUNTS}
-PRETRAIN_SECOND = ("white", "black")  # the only pattern colours pretraining ever renders
+PRETRAIN_SECOND = ("white", "black")  # the first world's only mark colours (``mark_colours="white_black"``)
+MARK_COLOURS = ("any", "white_black")  # pretraining's stripe and dot colours: every colour, or the first world's
+
+
+def renderer_of(world_dir) -> int:
+    """The renderer a shipped world's scenes were drawn with (its ``build.json``): the first world records
+    none (1), nor did the second build (2, the first with ``vae_factor``)."""
+    config = json.loads((Path(world_dir) / "build.json").read_text())
+    return config.get("renderer", 2 if "vae_factor" in config["config"] else 1)
 
 
 def training_templates() -> list[str]:
@@ -123,10 +143,12 @@ def render(scene: Scene) -> np.ndarray:
         mask = _shape_mask(s.cls, u / s.radius, v / s.radius)
         img[mask] = COLOURS[s.colour]
         if s.pattern == "striped":
-            marks = mask & ((u / 4.0) % 1.0 < 0.5)
+            marks = mask & ((u / STRIPE_PERIOD + STRIPE_DUTY / 2) % 1.0 < STRIPE_DUTY)
         elif s.pattern == "dotted":
-            du, dv = (u / 5.0) % 1.0 - 0.5, (v / 5.0) % 1.0 - 0.5
-            marks = mask & (du * du + dv * dv <= 0.05)
+            row = np.floor(v / DOT_PERIOD + 0.5)
+            du = (u / DOT_PERIOD + 0.5 + 0.5 * (row % 2)) % 1.0 - 0.5
+            dv = (v / DOT_PERIOD + 0.5) % 1.0 - 0.5
+            marks = mask & (du * du + dv * dv <= DOT_RADIUS ** 2)
         else:
             marks = None
         if marks is not None:
@@ -207,10 +229,29 @@ def _labels(scene: Scene) -> dict:
     return {"background": scene.background, "count": 2}
 
 
-def random_scene(rng, held_out: set, judge: bool = False) -> Scene:
-    """A pretraining scene; never a held-out triple, never a non-white/black pattern. With ``judge``, a
-    scene for the evaluators instead: any pattern colour (but the shape's own) and every triple, since a
-    judge must read the subjects and prompts the generator was never shown."""
+@functools.cache
+def subject_marks() -> frozenset[tuple[str, str, str]]:
+    """The subjects' (colour, pattern, mark colour): never rendered in pretraining (built once: every
+    pretraining shape with marks asks)."""
+    return frozenset((s.colour, s.pattern, s.second) for s in SUBJECTS)
+
+
+def pretraining_marks(rng, shape: Shape):
+    """A stripe or dot colour for a pretraining shape (``mark_colours="any"``): any colour but its own,
+    never a subject's combination."""
+    if shape.pattern != "plain":
+        held = subject_marks()
+        shape.second = _pick(rng, tuple(c for c in COLOURS if c != shape.colour
+                                        and (shape.colour, shape.pattern, c) not in held))
+
+
+def random_scene(rng, held_out: set, judge: bool = False, mark_colours: str = "any") -> Scene:
+    """A pretraining scene; never a held-out triple, never a subject's (colour, pattern, mark colour); its
+    marks of any colour (``mark_colours="any"``) or white and black only (``"white_black"``, the first world).
+    With ``judge``, a scene for the evaluators instead: any mark colour (but the shape's own) and every
+    triple, since a judge must read the subjects and prompts the generator was never shown."""
+    if mark_colours not in MARK_COLOURS:
+        raise ValueError(f"mark_colours must be one of {', '.join(MARK_COLOURS)}, not {mark_colours!r}")
     kind = rng.random()
     while True:
         background = _pick(rng, tuple(BACKGROUNDS))
@@ -219,16 +260,23 @@ def random_scene(rng, held_out: set, judge: bool = False) -> Scene:
             shapes = [random_shape(rng, position=position)]
             if judge:
                 shapes[0].second = _pick(rng, tuple(c for c in COLOURS if c != shapes[0].colour))
+            elif mark_colours == "any":
+                pretraining_marks(rng, shapes[0])
         elif kind < 0.925:  # two of the same shape
             position = "center"
             first = random_shape(rng, size="small", position="left")
+            if mark_colours == "any" and not judge:
+                pretraining_marks(rng, first)
             twin = random_shape(rng, cls=first.cls, colour=first.colour, pattern=first.pattern, size="small",
-                                position="right")
+                                position="right", second=first.second)
             shapes = [first, twin]
         else:  # a companion shape
             position = "center"
             shapes = [random_shape(rng, size="small", position="left"),
                       random_shape(rng, size="small", position="right")]
+            if mark_colours == "any" and not judge:
+                for s in shapes:
+                    pretraining_marks(rng, s)
         if all(s.colour != background and (judge or (s.cls, s.colour, background) not in held_out) for s in shapes):
             break
     scene = Scene(background=background, shapes=shapes, position=position)
@@ -236,11 +284,13 @@ def random_scene(rng, held_out: set, judge: bool = False) -> Scene:
     return scene
 
 
-def perturbed(rng, scene: Scene) -> Scene:
-    """The scene with one said attribute changed (background, colour, class, position, or object
-    and background colours swapped): a hard negative that forces the text encoder to bind words."""
+def perturbed(rng, scene: Scene, marks: bool = False) -> Scene:
+    """The scene with one said attribute changed (background, colour, class, position, object and
+    background colours swapped, or with ``marks`` the first shape's mark colour): a hard negative that
+    forces the text encoder to bind words."""
     first = scene.shapes[0]
-    kind = _pick(rng, ("background", "colour", "class", "swap") + (("position",) if len(scene.shapes) == 1 else ()))
+    kinds = ("background", "colour", "class", "swap") + (("position",) if len(scene.shapes) == 1 else ())
+    kind = _pick(rng, kinds + (("marks",) if marks and first.pattern != "plain" else ()))
     shapes = [Shape(**vars(s)) for s in scene.shapes]
     background, position = scene.background, scene.position
     if kind == "background":
@@ -251,6 +301,8 @@ def perturbed(rng, scene: Scene) -> Scene:
         shapes[0].cls = _pick(rng, tuple(c for c in CLASSES if c != first.cls))
     elif kind == "position":
         position = _pick(rng, tuple(p for p in POSITIONS if p != scene.position))
+    elif kind == "marks":
+        shapes[0].second = _pick(rng, tuple(c for c in COLOURS if c not in (first.colour, first.second)))
     elif scene.background in COLOURS:
         background, shapes[0].colour = first.colour, scene.background
     else:
@@ -274,30 +326,76 @@ def caption(rng, scene: Scene, p_background: float = 0.85, p_position: float = 0
     return text + _clauses(rng, scene, p_background, p_position)
 
 
-def full_caption(cls: str, colour: str, background: str, position: str, size: str) -> str:
-    """The gate prompts' fixed wording: every attribute said once."""
-    return (f"a photo of a {size} {colour} {cls} on a {background} background "
+def full_caption(cls: str, colour: str, background: str, position: str, size: str, pattern: str | None = None) -> str:
+    """The gate prompts' fixed wording: every attribute said once (the pattern too, when given)."""
+    shape = f"{pattern} {cls}" if pattern else cls
+    return (f"a photo of a {size} {colour} {shape} on a {background} background "
             f"{POSITION_PHRASES[position][0]}")
 
 
-def dataset(seed: int, n: int, held_out: set | None = None, judge: bool = False) -> dict:
-    """n pretraining scenes (with ``judge``: evaluator scenes, ``random_scene``): ``images`` [n, SIZE, SIZE, 3]
-    uint8, ``captions``, ``negatives`` (the same wording of a perturbed scene; equal to the caption when the
-    change was not said) and ``labels`` (class index per read-out head, -1 where the head does not apply)."""
+def dataset(seed: int, n: int, held_out: set | None = None, judge: bool = False, mark_colours: str = "any") -> dict:
+    """n pretraining scenes (with ``judge``: evaluator scenes; ``mark_colours``: ``random_scene``): ``images``
+    [n, SIZE, SIZE, 3] uint8, ``captions``, ``negatives`` (the same wording of a perturbed scene, its mark
+    colour among the changes when pretraining has coloured marks; equal to the caption when the change was
+    not said) and ``labels`` (class index per read-out head, -1 where the head does not apply)."""
+    marks = mark_colours == "any" and not judge
     rng = np.random.default_rng(seed)
     held_out = held_out_triples() if held_out is None else held_out
     images = np.empty((n, SIZE, SIZE, 3), np.uint8)
     captions, negatives, labels = [], [], {h: np.full(n, -1, np.int64) for h in HEADS}
     for i in range(n):
-        scene = random_scene(rng, held_out, judge)
+        scene = random_scene(rng, held_out, judge, mark_colours)
         images[i] = render(scene)
         wording = np.random.default_rng()
         wording.bit_generator.state = rng.bit_generator.state
         captions.append(caption(rng, scene))
-        negatives.append(caption(wording, perturbed(np.random.default_rng([seed, i]), scene)))
+        negatives.append(caption(wording, perturbed(np.random.default_rng([seed, i]), scene, marks)))
         for head, value in scene.labels.items():
             labels[head][i] = HEADS[head].index(value)
     return {"images": images, "captions": captions, "negatives": negatives, "labels": labels}
+
+
+def object_view(rng, cls: str, colour: str, pattern: str, second: str) -> Scene:
+    """One object in a scene drawn as the prompt set varies it: any background, place and size, alone, beside
+    its twin, or beside another shape."""
+    background = _pick(rng, tuple(b for b in BACKGROUNDS if b != colour))
+    kind = rng.random()
+
+    def own(size, where):
+        return random_shape(rng, cls=cls, colour=colour, pattern=pattern, size=size, position=where, second=second)
+
+    if kind < 0.7:
+        position = _pick(rng, POSITIONS)
+        shapes = [own(None, position)]
+    else:
+        position = "center"
+        while True:
+            other = own("small", "right") if kind < 0.85 else random_shape(rng, size="small", position="right")
+            if other.colour != background:
+                break
+        shapes = [own("small", "left"), other]
+    scene = Scene(background=background, shapes=shapes, position=position)
+    scene.labels = _labels(scene)
+    return scene
+
+
+OBJECT_HEADS = {"class": CLASSES, "colour": tuple(COLOURS), "pattern": PATTERNS, "second": tuple(COLOURS)}
+
+
+def object_views(seed: int, n: int) -> dict:
+    """n objects of any class, colour, pattern and mark colour, each in an ``object_view``: ``images``
+    [n, SIZE, SIZE, 3] uint8 and ``labels`` (index per ``OBJECT_HEADS`` head): what the image encoder
+    learns to name, whatever the scene around the object."""
+    rng = np.random.default_rng(seed)
+    images = np.empty((n, SIZE, SIZE, 3), np.uint8)
+    labels = {h: np.empty(n, np.int64) for h in OBJECT_HEADS}
+    for i in range(n):
+        cls, colour, pattern = _pick(rng, CLASSES), _pick(rng, tuple(COLOURS)), _pick(rng, PATTERNS)
+        second = _pick(rng, tuple(c for c in COLOURS if c != colour))
+        images[i] = render(object_view(rng, cls, colour, pattern, second))
+        for head, value in zip(OBJECT_HEADS, (cls, colour, pattern, second)):
+            labels[head][i] = OBJECT_HEADS[head].index(value)
+    return {"images": images, "labels": labels}
 
 
 # --------------------------------------------------------------------------- #
@@ -328,7 +426,7 @@ class Subject:
     cls: str
     colour: str
     pattern: str
-    second: str   # never a pretraining pattern colour: the combination is new to the world
+    second: str   # mark colour; (colour, pattern, second) is never rendered in pretraining
     split: str = "test"  # "validation": only for choosing hyperparameters, never in a reported table
 
 
@@ -388,6 +486,22 @@ PROMPT_ATTRIBUTES = [
     ("a blue {}", {"colour": "blue"}),
 ]
 PROMPTS = [p for p, _ in PROMPT_ATTRIBUTES]
+
+
+def subject_expectation(cls: str, colour: str, pattern: str, second: str, asked: dict) -> dict:
+    """What an image of a prompt asking ``asked`` must show of its subject (class, colour, pattern): not
+    what the prompt changes (a recolouring), nothing beside a second object (the read-out only counts
+    them), and nothing the prompt makes unreadable: the colour on a background of that colour, the
+    pattern when the asked colour is that of its marks."""
+    if asked.get("count") == 2:
+        return {}
+    own = {"class": cls, "colour": colour, "pattern": pattern}
+    own = {k: v for k, v in own.items() if k not in asked}
+    if asked.get("background") == colour:
+        own.pop("colour", None)
+    if asked.get("colour") == second and pattern != "plain":
+        own.pop("pattern", None)
+    return own
 
 
 def prompt_scene(subject: Subject, template: str, attributes: dict, rng) -> Scene:

@@ -50,9 +50,9 @@ def scores_rows(method, values: dict, seeds=(0,)):
     return rows
 
 
-MAIN = {"dti": {"mini_patch": [0.30, 0.40, 0.35, 0.50, 0.45], "mini_clip_t": [0.60, 0.70, 0.65, 0.80, 0.75]},
-        "ti": {"mini_patch": [0.50, 0.60, 0.55, 0.70, 0.65], "mini_clip_t": [0.40, 0.50, 0.45, 0.50, 0.60]},
-        "ti_rescaled": {"mini_patch": [0.35, 0.30, 0.40, 0.45, 0.50], "mini_clip_t": [0.70, 0.60, 0.70, 0.75, 0.80]}}
+MAIN = {"dti": {"mini_object": [0.30, 0.40, 0.35, 0.50, 0.45], "mini_clip_t": [0.60, 0.70, 0.65, 0.80, 0.75]},
+        "ti": {"mini_object": [0.50, 0.60, 0.55, 0.70, 0.65], "mini_clip_t": [0.40, 0.50, 0.45, 0.50, 0.60]},
+        "ti_rescaled": {"mini_object": [0.35, 0.30, 0.40, 0.45, 0.50], "mini_clip_t": [0.70, 0.60, 0.70, 0.75, 0.80]}}
 
 
 def run_rows(method, subject_values: dict, **extra):
@@ -93,7 +93,7 @@ def results(tmp_path):
     cells = {"default": 0.5, "direction_optimizer~adamw_m_star~mean_kappa~0.0001": 0.4,
              "direction_optimizer~rsgd_m_star~mean_kappa~0.0": 0.45}
     for folder, value in cells.items():
-        rows = [r for r in scores_rows("dti", {"mini_patch": [value] * 5, "mini_clip_t": [value + 0.1] * 5})
+        rows = [r for r in scores_rows("dti", {"mini_object": [value] * 5, "mini_clip_t": [value + 0.1] * 5})
                 if r["subject"] in ("a", "b", "c")]
         write_tables(pd.DataFrame(rows), root / "ablation" / folder / "tables")
     return root
@@ -107,7 +107,7 @@ def test_every_claim_on_a_made_up_results_folder(results):
     assert row["effect"] == pytest.approx(np.mean(text)) and row["n"] == 5
     assert (row["ci_low"], row["ci_high"]) == pytest.approx(scipy_bca(text), abs=1e-12)
     assert row["verdict"] == "reproduced" and row["paper"] == pytest.approx(0.522 - 0.292)
-    image = [d - r for d, r in zip(MAIN["dti"]["mini_patch"], MAIN["ti_rescaled"]["mini_patch"])]
+    image = [d - r for d, r in zip(MAIN["dti"]["mini_object"], MAIN["ti_rescaled"]["mini_object"])]
     assert table.loc["dti_image_over_ti_rescaled", "effect"] == pytest.approx(np.mean(image))
     assert table.loc["dti_image_over_ti_rescaled", "verdict"] == "inconclusive (interval spans 0)"
     assert table.loc["dti_image_below_ti", "verdict"] == "reproduced"  # TI 0.2 above DTI on every subject

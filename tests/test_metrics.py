@@ -26,9 +26,19 @@ IMAGE_METRICS = [n for n, m in METRICS.items() if m.kind == "image"]
 
 
 @pytest.fixture(scope="session")
-def all_models(metric_models):
-    """Model ids of every backbone: the tiny ones, and the shipped mini world's (which have no default)."""
-    return dict(metric_models, mini=str(MINI_WORLD / "evaluator"), readout=str(MINI_WORLD / "readout"))
+def all_models(metric_models, tmp_path_factory):
+    """Model ids of every backbone: the tiny ones, and the shipped mini world's (which have no default); its
+    image encoder, or a random-weight one of the same architecture where the world has none (the first)."""
+    from miniworld import models
+
+    encoder = MINI_WORLD / "image_encoder"
+    if not encoder.is_dir():
+        encoder = tmp_path_factory.mktemp("image_encoder")
+        torch.manual_seed(0)
+        models.make_image_encoder().save_pretrained(encoder, safe_serialization=True)
+        models.image_encoder_processor().save_pretrained(encoder)
+    return dict(metric_models, mini=str(MINI_WORLD / "evaluator"), mini_object=str(encoder),
+                readout=str(MINI_WORLD / "readout"))
 
 
 @pytest.fixture(scope="session")

@@ -34,13 +34,34 @@ def test_pretraining_never_shows_held_out_combinations():
             seen.add((heads["class"][labels["class"]], heads["colour"][labels["colour"]],
                       heads["background"][labels["background"]]))
     assert seen and not (seen & held)
-    # subjects' pattern colours are never pretraining's
-    assert all(s.second not in world.PRETRAIN_SECOND for s in world.SUBJECTS)
+
+
+def test_pretraining_draws_marks_of_every_colour_but_never_a_subject():
+    """A subject is new to the generator (its (colour, pattern, mark colour) never rendered) yet made of what
+    it can draw: marks of every colour, some captions naming them, and hard negatives that change them."""
+    rng = np.random.default_rng(3)
+    shapes = [s for _ in range(3000) for s in world.random_scene(rng, world.held_out_triples()).shapes]
+    marked = [s for s in shapes if s.pattern != "plain"]
+    assert {s.second for s in marked} == set(world.COLOURS)
+    assert all(s.second != s.colour for s in marked)
+    assert not {(s.colour, s.pattern, s.second) for s in marked} & world.subject_marks()
+    assert len(world.subject_marks()) == len(world.SUBJECTS)  # every subject its own combination
+    data = world.dataset(4, 600)
+    named = [c for c in data["captions"] if any(f" with {c2} {n}" in c for c2 in world.COLOURS
+                                                for n in ("stripes", "dots"))]
+    assert len(named) > 30
+    # the first world's pretraining: white and black marks only
+    rng = np.random.default_rng(3)
+    scenes = [world.random_scene(rng, world.held_out_triples(), mark_colours="white_black") for _ in range(500)]
+    first = [s for scene in scenes for s in scene.shapes if s.pattern != "plain"]
+    assert {s.second for s in first} <= set(world.PRETRAIN_SECOND)
+    with pytest.raises(ValueError, match="mark_colours"):
+        world.random_scene(rng, set(), mark_colours="pastel")
 
 
 def test_judge_scenes_show_what_pretraining_never_does():
-    """The evaluators' scenes (build option judge_scenes) have any pattern colour and every triple; the
-    pretraining scenes of the same seed have neither."""
+    """The evaluators' scenes (build option judge_scenes) have the subjects' mark combinations and every
+    triple; the pretraining scenes of the same seed have neither."""
     held = world.held_out_triples()
 
     def scenes(judge):
@@ -49,10 +70,10 @@ def test_judge_scenes_show_what_pretraining_never_does():
 
     for judge in (False, True):
         singles = [sc.shapes[0] for sc in scenes(judge) if len(sc.shapes) == 1]
-        new_colours = [s for s in singles if s.pattern != "plain" and s.second not in world.PRETRAIN_SECOND]
+        subjects_marks = [s for s in singles if (s.colour, s.pattern, s.second) in world.subject_marks()]
         new_triples = [sc for sc in scenes(judge) if (sc.shapes[0].cls, sc.shapes[0].colour, sc.background) in held]
-        assert (len(new_colours) > 100 and len(new_triples) > 20) if judge else not (new_colours or new_triples)
-        assert all(s.second != s.colour for s in singles)
+        assert (len(subjects_marks) > 3 and len(new_triples) > 20) if judge else not (subjects_marks or new_triples)
+        assert all(s.second != s.colour for s in singles if s.pattern != "plain")
 
 
 def test_render_draws_what_the_scene_says():
@@ -142,16 +163,62 @@ def test_build_refuses_to_mix_two_worlds_in_one_work_folder(tmp_path):
     work = tmp_path / "work"
     work.mkdir()
     cfg = build.BuildConfig()
-    (work / "config.json").write_text(json.dumps(asdict(replace(cfg, seed=1))))
+
+    def written(config, **record):  # a work folder's config.json, as build writes it
+        return json.dumps({**asdict(config), "renderer": world.RENDERER, **record})
+
+    (work / "config.json").write_text(written(replace(cfg, seed=1)))
     with pytest.raises(DTIError, match="other seed"):
         build.build(work, tmp_path / "out", cfg)
     # more VAE steps: allowed until the UNet has started on the shorter VAE's latents
-    (work / "config.json").write_text(json.dumps(asdict(replace(cfg, vae_steps=10))))
+    (work / "config.json").write_text(written(replace(cfg, vae_steps=10)))
     (work / "unet").mkdir()
     with pytest.raises(DTIError, match="vae_steps"):
         build.build(work, tmp_path / "out", cfg)
     assert json.loads((work / "config.json").read_text())["vae_steps"] == 10  # nothing rewritten
     assert not (tmp_path / "out").exists() and not (work / "train.safetensors").exists()
+    first_world = {k: v for k, v in asdict(cfg).items() if k != "vae_factor"}  # built before the renderer changed
+    (work / "config.json").write_text(json.dumps(first_world))
+    with pytest.raises(DTIError, match="first world"):
+        build.build(work, tmp_path / "out", cfg)
+    # the second build's work folders (finer marks, no renderer recorded) are not this renderer's renders
+    (work / "config.json").write_text(json.dumps(asdict(cfg)))
+    with pytest.raises(DTIError, match=f"renderer 2, this code draws renderer {world.RENDERER}"):
+        build.build(work, tmp_path / "out", cfg)
+    (work / "config.json").write_text(written(cfg, renderer=world.RENDERER + 1))
+    with pytest.raises(DTIError, match=f"renderer {world.RENDERER + 1}, this code"):
+        build.build(work, tmp_path / "out", cfg)
+    with pytest.raises(DTIError, match="vae_factor must be one of 2, 4"):
+        build.build(tmp_path / "other", tmp_path / "out", replace(cfg, vae_factor=8))
+    with pytest.raises(DTIError, match="mark_colours must be one of any, white_black"):
+        build.build(tmp_path / "other", tmp_path / "out", replace(cfg, mark_colours="pastel"))
+    with pytest.raises(DTIError, match="stop_after must be one of"):
+        build.build(tmp_path / "other", tmp_path / "out", cfg, stop_after="vea")
+    assert not (tmp_path / "other").exists()
+
+
+@pytest.mark.parametrize("factor", [2, 4])
+def test_vae_and_unet_of_either_latent_size_fit_together(factor):
+    vae, unet = models.make_vae(factor).eval(), models.make_unet(32, factor).eval()
+    x = torch.rand(2, 3, world.SIZE, world.SIZE) * 2 - 1
+    with torch.no_grad():
+        latents = vae.encode(x).latent_dist.mode()
+        assert latents.shape[-1] == world.SIZE // factor and latents.shape[1] == unet.config.in_channels
+        out = unet(latents, torch.tensor([10, 900]), encoder_hidden_states=torch.randn(2, 5, 32)).sample
+        assert out.shape == latents.shape and vae.decode(latents).sample.shape == x.shape
+
+
+def test_subject_expectation_asks_only_what_an_image_can_show():
+    expect = world.subject_expectation
+    everything = {"class": "circle", "colour": "blue", "pattern": "striped"}
+    assert expect("circle", "blue", "striped", "green", {"position": "left"}) == everything
+    assert expect("circle", "blue", "striped", "green", {"count": 2}) == {}
+    assert expect("circle", "blue", "striped", "green", {"colour": "red"}) == {"class": "circle", "pattern": "striped"}
+    # a blue shape on a blue background shows only its marks; green marks on a green shape do not show
+    assert expect("circle", "blue", "striped", "green", {"background": "blue"}) == {"class": "circle",
+                                                                                     "pattern": "striped"}
+    assert expect("circle", "blue", "striped", "green", {"colour": "green"}) == {"class": "circle"}
+    assert expect("circle", "blue", "plain", "green", {"colour": "green"}) == {"class": "circle", "pattern": "plain"}
 
 
 def test_clip_attribute_heads_learn_and_are_checkpointed(tmp_path):
@@ -191,7 +258,8 @@ def test_export_writes_a_loadable_pipeline_without_tokenizer_state(tmp_path):
     text_clip = CLIPModel(models.clip_config(len(tokenizer), 32))
     evaluator = CLIPModel(models.clip_config(len(tokenizer), 32))
     build.export(tmp_path / "world", tmp_path / "work", build.BuildConfig(), tokenizer, text_clip, models.make_vae(),
-                 models.make_unet(32), evaluator, evaluator_tokenizer, models.Readout(16), scaling_factor=2.5)
+                 models.make_unet(32), evaluator, evaluator_tokenizer, models.Readout(16), models.make_image_encoder(),
+                 scaling_factor=2.5)
     for f in ("pipeline/tokenizer/tokenizer.json", "evaluator/tokenizer.json"):
         saved = json.loads((tmp_path / "world" / f).read_text())
         assert saved["padding"] is None and saved["truncation"] is None, f
@@ -203,6 +271,9 @@ def test_export_writes_a_loadable_pipeline_without_tokenizer_state(tmp_path):
 
 
 shipped = pytest.mark.skipif(not (WORLD / "pipeline" / "model_index.json").is_file(), reason="no shipped mini world")
+# the gates draw scenes for the shipped judges: only with the renderer that world was built with
+drawn_here = pytest.mark.skipif(not (WORLD / "build.json").is_file() or world.renderer_of(WORLD) != world.RENDERER,
+                                reason="the shipped world was drawn by another renderer")
 
 
 @shipped
@@ -210,8 +281,11 @@ def test_shipped_world_is_small_and_complete():
     size = sum(p.stat().st_size for p in WORLD.rglob("*.safetensors"))
     assert size <= 40 * 2**20
     assert not list(WORLD.rglob("*.bin")) and not list(WORLD.rglob("*.pt"))
+    parts = ("pipeline", "evaluator", "readout", "subjects", "gates")
+    for part in parts + (("image_encoder",) if world.renderer_of(WORLD) > 1 else ()):  # the first world has none
+        assert (WORLD / part).is_dir(), part
     subjects = [p.name for p in (WORLD / "subjects").iterdir()]
-    assert len(subjects) >= 8
+    assert len(subjects) >= 14 and {s.name for s in world.SUBJECTS} == set(subjects)
     assert all(4 <= len(list((WORLD / "subjects" / s).glob("*.png"))) <= 6 for s in subjects)
     prompts = json.loads((WORLD / "prompt_sets.json").read_text())["mini"]
     assert len(prompts["object"]) >= 12 and len(prompts["attributes"]) == len(prompts["object"])
@@ -232,6 +306,7 @@ def test_shipped_pipeline_loads_offline_and_follows_a_prompt():
 
 
 @shipped
+@drawn_here
 def test_readout_reads_renders():
     readout = models.Readout.load(WORLD / "readout")
     accuracy = gates.readout_accuracy(readout, 64, seed=7)
@@ -256,14 +331,69 @@ def test_text_sensitivity_is_zero_for_words_the_encoder_cannot_tell_apart():
     assert after["colour"] == pytest.approx(before["colour"])
 
 
+@shipped
+def test_gates_refuse_a_world_of_another_renderer(tmp_path):
+    other = tmp_path / "world"
+    other.mkdir()
+    config = json.loads((WORLD / "build.json").read_text())
+    (other / "build.json").write_text(json.dumps({**config, "renderer": world.RENDERER + 1}))
+    with pytest.raises(DTIError, match=f"renderer {world.RENDERER + 1}, this code draws renderer {world.RENDERER}"):
+        gates.run_gates(other, tmp_path / "gates", quick=True)
+    with pytest.raises(DTIError, match="no build.json"):
+        gates.run_gates(tmp_path, tmp_path / "gates", quick=True)
+    assert not (tmp_path / "gates").exists()
+
+
+TINY_BUILD = dict(train_images=240, eval_images=240, object_views=240, clip_steps=2, clip_batch=8, evaluator_steps=2,
+                  vae_steps=2, vae_batch=8, unet_steps=2, unet_batch=8, readout_steps=2, image_encoder_steps=2)
+
+
+@pytest.mark.slow
+def test_a_tiny_build_exports_a_world_the_gates_measure(tmp_path):
+    """Every stage, a few steps each, on the CPU: the exported folder is a world of this renderer that the
+    gates run on (its numbers are those of untrained models; the shipped world's are below)."""
+    from dataclasses import replace
+
+    cfg = build.BuildConfig(**TINY_BUILD)
+    build.build(tmp_path / "work", tmp_path / "world", cfg, threads=2)
+    out = tmp_path / "world"
+    assert world.renderer_of(out) == world.RENDERER
+    for part in ("pipeline", "evaluator", "image_encoder", "readout", "subjects", "logs"):
+        assert (out / part).is_dir(), part
+    stages = json.loads((out / "build.json").read_text())["stages"]
+    assert set(stages) == set(build.STAGES[1:-1]) and all(s["steps"] == 2 for s in stages.values())
+    report = gates.run_gates(out, tmp_path / "gates", quick=True, threads=2)
+    assert set(report["checks"]) == set(gates.THRESHOLDS) | set(gates.BUDGETS)
+    for key, check in report["checks"].items():  # the threshold applies to the worst seed (or subject)
+        worst = check["max"] if key in gates.BUDGETS else check["min"]
+        assert check["pass"] == (worst <= check["threshold"] if key in gates.BUDGETS else worst >= check["threshold"])
+    assert all(f"| {key} |" in (tmp_path / "gates" / "gates.md").read_text() for key in report["checks"])
+
+    # packed (weights only, no data), the build continues elsewhere and exports the same world
+    build.main(["--work", str(tmp_path / "work"), "--pack", str(tmp_path / "packed")])
+    packed = tmp_path / "packed"
+    assert sorted(p.name for p in packed.iterdir()) == sorted(["config.json", *build.STAGES[1:-1]])
+    assert not any(k.startswith("opt.") for k in load_tensors(packed / "unet" / "checkpoint.safetensors"))
+    build.build(packed, tmp_path / "again", cfg, threads=2)
+    for part in ("pipeline/unet/diffusion_pytorch_model", "pipeline/vae/diffusion_pytorch_model",
+                 "pipeline/text_encoder/model", "evaluator/model", "image_encoder/model", "readout/model"):
+        first, again = (load_tensors(out / f"{part}.safetensors") for out in (out, tmp_path / "again"))
+        assert first.keys() == again.keys() and all(torch.equal(first[k], again[k]) for k in first), part
+    with pytest.raises(DTIError, match="packed without its optimizer state"):  # more steps need Adam's state
+        build.build(packed, tmp_path / "longer", replace(cfg, unet_steps=3), threads=2)
+    with pytest.raises(SystemExit, match="exists; pack into a new folder"):
+        build.main(["--work", str(tmp_path / "work"), "--pack", str(packed)])
+
+
 @pytest.mark.slow
 @shipped
+@drawn_here
 def test_gates_run_on_a_small_sample(tmp_path):
     report = gates.run_gates(WORLD, tmp_path, quick=True)
     assert set(report["checks"]) == set(gates.THRESHOLDS) | set(gates.BUDGETS)
     first = report["per_seed"][0]
     assert first["evaluator"]["top1_of_100"] > 0.3  # far above chance (0.01) even on 100 images
-    assert set(report["text_sensitivity"]) == {"class", "colour", "background", "position"}
+    assert set(report["text_sensitivity"]) == {"class", "colour", "background", "position", "pattern"}
     assert min(report["text_sensitivity"].values()) > 0  # every attribute word moves the conditioning
     assert first["readout_on_vae_reconstructions"]["background"] >= 0.9  # the VAE keeps what is large
     # the text metric ranks ground-truth renders far above chance (1 in 15)
@@ -276,6 +406,10 @@ def test_gates_run_on_a_small_sample(tmp_path):
     assert saved["per_seed"][0]["base_model"] == first["base_model"]
     table = (tmp_path / "gates.md").read_text()
     assert all(f"| {key} |" in table for key in report["checks"])
+    # the measures beside the gates: one value per seed, each in the table's second part
+    assert {"metrics.image_names_subject.mini_patch", "metrics.text_ranks_prompt_among_all",
+            "readout_on_renders.class"} <= set(report["reported"])
+    assert all(len(v) == len(report["per_seed"]) and f"| {key} |" in table for key, v in report["reported"].items())
 
 
 def test_ground_truth_renders_show_what_each_prompt_asks():
@@ -314,6 +448,7 @@ def test_dti_personalization_on_a_mini_subject_keeps_its_norm(tmp_path):
 
 
 @shipped
+@drawn_here
 def test_attribute_metrics_read_what_the_prompt_asks():
     from PIL import Image
 
@@ -337,3 +472,68 @@ def test_attribute_metrics_read_what_the_prompt_asks():
                           [wanted] * 2)
     assert scores["attr_prompt"] == [1.0, 0.0]
     assert min(scores["attr_subject"]) >= 2 / 3
+
+
+def test_attribute_metrics_refuse_a_subjects_table_without_mark_colours(tmp_path):
+    """The first world's table (no ``second_colour``) cannot say what an image can show: a one-line error."""
+    from miniworld.metrics import mini_expectations
+
+    table = tmp_path / "subjects.csv"
+    table.write_text("subject,class,initializer,colour,pattern\nember_triangle,triangle,triangle,red,striped\n")
+    prompts = tmp_path / "prompt_sets.json"
+    prompts.write_text('{"mini": {"object": ["a {}"], "attributes": [{}]}}')
+    with pytest.raises(DTIError, match="no second_colour column"):
+        mini_expectations(prompts, table)
+
+def test_object_encoder_backbone_reads_images_as_it_was_trained(tmp_path):
+    """Scoring (PIL images through the saved processor) feeds the image encoder the pixels its training
+    fed it (``models.encoder_pixels``), and returns one unit vector per image."""
+    from PIL import Image
+
+    from miniworld.metrics import ObjectEncoderBackbone
+
+    torch.manual_seed(0)
+    encoder = models.make_image_encoder().eval()
+    encoder.save_pretrained(tmp_path / "encoder", safe_serialization=True)
+    models.image_encoder_processor().save_pretrained(tmp_path / "encoder")
+    views = world.object_views(4, 6)
+    assert set(views["labels"]) == set(world.OBJECT_HEADS) and views["images"].shape == (6, world.SIZE, world.SIZE, 3)
+    backbone = ObjectEncoderBackbone(str(tmp_path / "encoder"), batch_size=4)
+    pixels = backbone.processor(images=[Image.fromarray(im) for im in views["images"]],
+                                return_tensors="pt")["pixel_values"]
+    assert torch.allclose(pixels, models.encoder_pixels(torch.from_numpy(views["images"])), atol=1e-6)
+    embedded = backbone.image_embeddings([Image.fromarray(im) for im in views["images"]])
+    with torch.no_grad():
+        direct = encoder(pixel_values=models.encoder_pixels(torch.from_numpy(views["images"]))).pooler_output
+    assert torch.allclose(embedded, torch.nn.functional.normalize(direct.flatten(1), dim=-1), atol=1e-5)
+
+
+def test_text_gate_does_not_count_renders_that_also_match_the_prompt():
+    shows = gates._shows_what_is_asked(world.SUBJECTS[0])
+    prompts = world.PROMPTS
+    assert shows.diagonal().all()  # every ground truth shows what its own prompt asks
+    large, red_background = prompts.index("a large {}"), prompts.index("a {} on a red background")
+    small, left = prompts.index("a small {}"), prompts.index("a {} at the left")
+    assert shows[large, red_background] and not shows[large, small]
+    assert not shows[red_background, large] and shows[left].sum() == 1
+
+
+def test_gate_table_gives_mean_min_max_and_the_reported_measures():
+    checks = {"base_model.class": gates._check([0.95, 0.91, 0.93], 0.9),
+              "budget.weights_mb": gates._check([41.0], 40.0, at_most=True)}
+    table = gates.gate_table(checks, {"metrics.text_ranks_prompt_among_all": [0.6, 0.7, 0.8]})
+    assert "| base_model.class | 0.930 | 0.910 | 0.950 | >= 0.9 | pass |" in table
+    assert "| budget.weights_mb | 41.000 | 41.000 | 41.000 | <= 40 | FAIL |" in table
+    assert "| metrics.text_ranks_prompt_among_all | 0.700 | 0.600 | 0.800 |" in table
+
+
+def test_base_model_gate_asks_for_the_pattern():
+    """A subject is a pattern the generator must draw: the base model's gate prompts say it and read it."""
+    scenes = gates.held_out_scenes(30, seed=1)
+    for scene in scenes:
+        s = scene.shapes[0]
+        assert f" {s.size} {s.colour} {s.pattern} {s.cls} on a {scene.background} " in gates.scene_caption(scene)
+    assert {s.shapes[0].pattern for s in scenes} == set(world.PATTERNS)
+    assert "pattern" in gates.BASE_ATTRIBUTES and "base_model.pattern" in gates.THRESHOLDS
+    vocabulary = models.make_tokenizer().get_vocab()
+    assert all(word in vocabulary for scene in scenes for word in gates.scene_caption(scene).split())
