@@ -16,6 +16,7 @@ include: "experiments/rules/train.smk"
 include: "experiments/rules/evaluate.smk"
 include: "experiments/rules/ablation.smk"
 include: "experiments/rules/analyses.smk"
+include: "experiments/rules/calibration.smk"
 include: "experiments/rules/reference.smk"
 
 

@@ -85,6 +85,30 @@ def test_the_default_subjects_are_the_test_split(tmp_path):
     assert f"/{validation[0]}/seed0" in named.stdout
 
 
+def test_calibration_trains_only_validation_subjects_in_one_group(tmp_path):
+    """`snakemake calibration` (never part of `all`): one training job of DTI runs on the validation subjects,
+    RSGD and each grid lr of AdamW, all with kappa 0, then the rule's analysis."""
+    from dti.data import read_subjects
+
+    table = read_subjects(ROOT / "experiments" / "mini" / "world" / "subjects.csv")
+    validation = sorted(r["subject"] for r in table if r["split"] == "validation")
+    grid = yaml.safe_load((ROOT / "experiments" / "mini.yaml").read_text())["calibration"]["adamw_lrs"]
+    plan = snakemake("calibration", "-n", "-p", "--configfile", "experiments/mini.yaml",
+                     "--config", f"results_dir={tmp_path}", cores=8)
+    assert plan.returncode == 0, plan.stderr[-2000:]
+    assert job_counts(plan.stdout) == {"calibration_train": 1, "calibration": 1, "total": 2}
+    command = next(line for line in plan.stdout.splitlines() if "python -m dti train" in line)
+    runs = train_runs(command)
+    assert sorted({os.path.basename(r["images"]) for r in runs}) == validation
+    assert all(r["method"] == "dti" and "kappa=0.0" in r["set"] for r in runs)
+    lrs = sorted(float(s.split("=")[1]) for r in runs for s in r["set"] if s.startswith("adamw_lr="))
+    assert lrs == sorted(grid * len(validation))
+    assert sum("direction_optimizer=rsgd" in r["set"] for r in runs) == len(validation)
+    # a configuration without validation subjects says so instead of running nothing
+    none = snakemake("calibration", "--configfile", "experiments/sdxl.yaml", "--config", f"results_dir={tmp_path}")
+    assert none.returncode != 0 and "calibration needs validation subjects" in none.stderr
+
+
 def test_paper_configs_use_the_papers_models_and_protocol():
     sdxl = yaml.safe_load((ROOT / "experiments" / "sdxl.yaml").read_text())
     assert sdxl["model"] == "stabilityai/stable-diffusion-xl-base-1.0"

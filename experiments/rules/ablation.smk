@@ -21,7 +21,8 @@ for _k, _part in enumerate(ABLATION_PARTS):
         wildcard_constraints: seed=r"\d+"
         params:
             **train_params(runs=lambda wildcards, part=_part: [("dti", subject, run_dir("dti", subject, wildcards.seed,
-                                                                                      CELL.format(**wildcards)))
+                                                                                      CELL.format(**wildcards)),
+                                                                wildcards.seed)
                                                                for subject in part],
                            settings=lambda wildcards: settings({**method_train("dti"), **CELLS.instance(wildcards)})),
         threads: threads("train")

@@ -272,13 +272,15 @@ TRAIN_COMMAND = ("{params.env} {params.gpu} python -m dti train --model {params.
 
 def train_params(runs, settings) -> dict:
     """The params TRAIN_COMMAND reads. ``runs``: a function of the wildcards giving (method, subject, run
-    folder) of each run of the job; ``settings``: the shared `--set` options (a function of the wildcards)."""
+    folder, seed[, the run's own settings]) of each run of the job; ``settings``: the shared `--set` options
+    (a function of the wildcards)."""
     def run_options(wildcards) -> str:
         options = []
-        for method, subject, folder in runs(wildcards):
+        for method, subject, folder, seed, *own in runs(wildcards):
             run = {"out": folder, "method": method, "images": os.path.join(IMAGES_INPUT, subject),
-                   "placeholder": f"<{subject}>", "initializer": initializer_of(method, subject),
-                   "seed": int(wildcards.seed)}
+                   "placeholder": f"<{subject}>", "initializer": initializer_of(method, subject), "seed": int(seed)}
+            if own:
+                run["set"] = assignments(own[0])
             options.append(f"--run {shlex.quote(json.dumps(run, sort_keys=True))}")
         return " ".join(options)
 

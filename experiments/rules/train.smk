@@ -11,7 +11,8 @@ for _k, _part in enumerate(TRAIN_PARTS):
         wildcard_constraints: method=trained_methods_regex(), seed=r"\d+"
         params:
             **train_params(runs=lambda wildcards, part=_part: [(wildcards.method, subject,
-                                                                run_dir(wildcards.method, subject, wildcards.seed))
+                                                                run_dir(wildcards.method, subject, wildcards.seed),
+                                                                wildcards.seed)
                                                                for subject in part],
                            settings=lambda wildcards: settings(method_train(wildcards.method))),
         threads: threads("train")
