@@ -51,7 +51,8 @@ class BuildConfig:
                                                "(0: contrastive only).")
     text_width: int = option(64, "Width of the conditioning text encoder.")
     evaluator_width: int = option(96, "Width of the evaluator CLIP (a different model from the conditioning one).")
-    evaluator_steps: int = option(2400, "Steps of the evaluator CLIP.")
+    evaluator_steps: int = option(4000, "Steps of the evaluator CLIP (the second build's 2,400 left the "
+                                        "text-ranking gate just short).")
     evaluator_attribute_weight: float = option(1.0, "Weight of attribute heads on the evaluator's image tower (0: "
                                                     "contrastive only, which left it blind to position and count).")
     unet_steps: int = option(6500, "UNet steps.")

@@ -85,9 +85,9 @@ def test_the_default_subjects_are_the_test_split(tmp_path):
     assert f"/{validation[0]}/seed0" in named.stdout
 
 
-def test_calibration_trains_only_validation_subjects_in_one_group(tmp_path):
-    """`snakemake calibration` (never part of `all`): one training job of DTI runs on the validation subjects,
-    RSGD and each grid lr of AdamW, all with kappa 0, then the rule's analysis."""
+def test_calibration_trains_only_validation_subjects_a_group_per_arm(tmp_path):
+    """`snakemake calibration` (never part of `all`): a training job per arm of DTI runs on the validation
+    subjects, RSGD and each grid lr of AdamW, all with kappa 0, then the rule's analysis."""
     from dti.data import read_subjects
 
     table = read_subjects(ROOT / "experiments" / "mini" / "world" / "subjects.csv")
@@ -96,9 +96,12 @@ def test_calibration_trains_only_validation_subjects_in_one_group(tmp_path):
     plan = snakemake("calibration", "-n", "-p", "--configfile", "experiments/mini.yaml",
                      "--config", f"results_dir={tmp_path}", cores=8)
     assert plan.returncode == 0, plan.stderr[-2000:]
-    assert job_counts(plan.stdout) == {"calibration_train": 1, "calibration": 1, "total": 2}
-    command = next(line for line in plan.stdout.splitlines() if "python -m dti train" in line)
-    runs = train_runs(command)
+    arms = 1 + len(grid)  # RSGD, and AdamW at each grid lr: a training group each
+    assert job_counts(plan.stdout) == {"calibration_train": arms, "calibration": 1, "total": arms + 1}
+    commands = [line for line in plan.stdout.splitlines() if "python -m dti train" in line]
+    runs = [run for command in commands for run in train_runs(command)]
+    for command in commands:  # a group holds one run per placeholder
+        assert len({r["placeholder"] for r in train_runs(command)}) == len(validation)
     assert sorted({os.path.basename(r["images"]) for r in runs}) == validation
     assert all(r["method"] == "dti" and "kappa=0.0" in r["set"] for r in runs)
     lrs = sorted(float(s.split("=")[1]) for r in runs for s in r["set"] if s.startswith("adamw_lr="))

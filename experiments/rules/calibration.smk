@@ -2,38 +2,26 @@
 # chosen by the rules of analysis/calibration.py from DTI runs on the subjects table's validation subjects,
 # which no reported table uses. The configuration then records the chosen values beside the rule.
 #   snakemake --cores 2 calibration     ->  results/<name>/calibration/calibration.{csv,json,md}
-CALIBRATION = config.get("calibration") or {}
-VALIDATION_SUBJECTS = [s for s, row in TABLE.items() if row.get("split") == "validation"]
-CALIBRATION_OUT = f"{OUT}/calibration"
-# Arms: RSGD with kappa 0 (its data gradients set kappa), and AdamW with kappa 0 at each grid lr (its angles).
-CALIBRATION_ARMS = {"rsgd": {"direction_optimizer": "rsgd", "kappa": 0.0},
-                    **{f"adamw_lr~{lr:g}": {"direction_optimizer": "adamw", "kappa": 0.0, "adamw_lr": lr}
-                       for lr in CALIBRATION.get("adamw_lrs", [])}}
-# (arm, subject, seed, run folder) of every calibration run
-CALIBRATION_RUNS = [(arm, subject, seed, run_dir("dti", subject, seed, prefix=f"{CALIBRATION_OUT}/{arm}"))
-                    for arm in CALIBRATION_ARMS for subject in VALIDATION_SUBJECTS
-                    for seed in CALIBRATION.get("seeds", [0])]
-
+# (its arms and runs: experiments/rules/common.smk)
 
 if CALIBRATION_RUNS:
 
-    # one training group: the model loads once for every run
+    # one training group per arm (a group holds one run per placeholder): the model loads once per arm
     rule calibration_train:
         input: MODEL_INPUT, images=IMAGES_INPUT
-        output: embeds=[f"{folder}/learned_embeds.safetensors" for *_, folder in CALIBRATION_RUNS]
+        output: embeds=CALIBRATION_EMBEDS
+        wildcard_constraints: arm="|".join(re.escape(arm) for arm in CALIBRATION_ARMS)
         params:
-            **train_params(runs=lambda wildcards: [("dti", subject, folder, seed, CALIBRATION_ARMS[arm])
-                                                   for arm, subject, seed, folder in CALIBRATION_RUNS],
-                           settings=lambda wildcards: settings(method_train("dti"))),
+            **train_params(runs=calibration_runs, settings=lambda wildcards: settings(method_train("dti"))),
         threads: threads("train")
         resources: **train_resources(len(CALIBRATION_RUNS))
-        log: log_of("calibration", "train.log")
+        log: log_of("calibration", "train_{arm}.log")
         conda: CONDA_ENV
         shell: TRAIN_COMMAND
 
     rule calibration:
         localrule: True
-        input: rules.calibration_train.output
+        input: expand(CALIBRATION_EMBEDS, arm=list(CALIBRATION_ARMS))
         output: table=f"{CALIBRATION_OUT}/calibration.csv", result=f"{CALIBRATION_OUT}/calibration.json",
                 summary=f"{CALIBRATION_OUT}/calibration.md"
         params:

@@ -407,3 +407,33 @@ def log_of(*parts) -> str:
 def benchmark_of(*parts) -> str:
     """A job's time and memory (Snakemake's benchmark file), summarised by the job_costs rule."""
     return os.path.join(OUT, "benchmarks", *parts)
+
+
+# --------------------------------------------------------------------------- #
+# Calibration (experiments/rules/calibration.smk)
+# --------------------------------------------------------------------------- #
+CALIBRATION = config.get("calibration") or {}
+VALIDATION_SUBJECTS = [s for s, row in TABLE.items() if row.get("split") == "validation"]
+CALIBRATION_OUT = f"{OUT}/calibration"
+# Arms: RSGD with kappa 0 (its data gradients set kappa), and AdamW with kappa 0 at each grid lr (its angles).
+CALIBRATION_ARMS = {"rsgd": {"direction_optimizer": "rsgd", "kappa": 0.0},
+                    **{f"adamw_lr~{lr:g}": {"direction_optimizer": "adamw", "kappa": 0.0, "adamw_lr": lr}
+                       for lr in CALIBRATION.get("adamw_lrs", [])}}
+# (subject, seed) of every run of an arm
+CALIBRATION_RUNS = [(subject, seed) for subject in VALIDATION_SUBJECTS for seed in CALIBRATION.get("seeds", [0])]
+
+
+def calibration_dir(arm, subject, seed):
+    return run_dir("dti", subject, seed, prefix=f"{CALIBRATION_OUT}/{arm}")
+
+
+# an arm's training outputs (the pattern of wildcard arm)
+CALIBRATION_EMBEDS = [f"{calibration_dir('{arm}', subject, seed)}/learned_embeds.safetensors"
+                      for subject, seed in CALIBRATION_RUNS]
+
+
+def calibration_runs(wildcards):
+    """The training group of one arm, as ``train_params`` reads it."""
+    arm = wildcards.arm
+    return [("dti", subject, calibration_dir(arm, subject, seed), seed, CALIBRATION_ARMS[arm])
+            for subject, seed in CALIBRATION_RUNS]
