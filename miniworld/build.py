@@ -95,27 +95,38 @@ def _chunk(args):
     return world.dataset(seed * 100_003 + index, CHUNK, judge=judge, mark_colours=mark_colours)
 
 
+def _in_chunks(worker, chunks: list) -> list[dict]:
+    """``worker`` on every chunk's arguments, in spawned processes (each chunk from its own seed, so the
+    set does not depend on the workers)."""
+    with multiprocessing.get_context("spawn").Pool(min(len(chunks), os.cpu_count() or 1)) as pool:
+        return pool.map(worker, chunks)
+
+
+def _scene_tensors(parts: list[dict], n: int, heads) -> dict[str, torch.Tensor]:
+    """The first n images and their labels per head of the chunks ``parts``, as a safetensors file holds them."""
+    return {"images": torch.from_numpy(np.concatenate([p["images"] for p in parts])[:n]),
+            **{f"label.{h}": torch.from_numpy(np.concatenate([p["labels"][h] for p in parts])[:n]) for h in heads}}
+
+
+def _scenes(tensors: dict[str, torch.Tensor], heads) -> dict:
+    """``_scene_tensors`` read back: ``images`` and ``labels`` (head -> tensor)."""
+    return {"images": tensors["images"], "labels": {h: tensors[f"label.{h}"] for h in heads}}
+
+
 def build_data(work: Path, cfg: BuildConfig, n: int, seed: int, name: str, judge: bool = False):
-    """Scenes in chunks of CHUNK (each from its own seed, so the set does not depend on the workers); with
-    ``judge``, the evaluators' scenes (``world.random_scene``)."""
+    """Scenes in chunks of CHUNK; with ``judge``, the evaluators' scenes (``world.random_scene``)."""
     if (work / f"{name}.safetensors").is_file():
         return
-    chunks = [(seed, i, judge, cfg.mark_colours) for i in range(math.ceil(n / CHUNK))]
-    with multiprocessing.get_context("spawn").Pool(min(len(chunks), os.cpu_count() or 1)) as pool:
-        parts = pool.map(_chunk, chunks)
-    images = np.concatenate([p["images"] for p in parts])[:n]
-    labels = {h: np.concatenate([p["labels"][h] for p in parts])[:n] for h in world.HEADS}
+    parts = _in_chunks(_chunk, [(seed, i, judge, cfg.mark_colours) for i in range(math.ceil(n / CHUNK))])
     captions = [c for p in parts for c in p["captions"]][:n]
     negatives = [c for p in parts for c in p["negatives"]][:n]
     write_json({"captions": captions, "negatives": negatives}, work / f"{name}_captions.json")
-    save_tensors({"images": torch.from_numpy(images), **{f"label.{h}": torch.from_numpy(v) for h, v in labels.items()}},
-                 work / f"{name}.safetensors")
+    save_tensors(_scene_tensors(parts, n, world.HEADS), work / f"{name}.safetensors")
 
 
 def load_data(work: Path, name: str) -> dict:
-    tensors = load_tensors(work / f"{name}.safetensors")
     text = read_json(work / f"{name}_captions.json")
-    return {"images": tensors["images"], "labels": {h: tensors[f"label.{h}"] for h in world.HEADS}, **text}
+    return {**_scenes(load_tensors(work / f"{name}.safetensors"), world.HEADS), **text}
 
 
 # --------------------------------------------------------------------------- #
@@ -423,12 +434,8 @@ def build_views(work: Path, n: int, seed: int):
     """``views.safetensors``: n ``world.object_views``, in chunks of CHUNK as ``build_data``."""
     if (work / "views.safetensors").is_file():
         return
-    chunks = [(seed, i) for i in range(math.ceil(n / CHUNK))]
-    with multiprocessing.get_context("spawn").Pool(min(len(chunks), os.cpu_count() or 1)) as pool:
-        parts = pool.map(_view_chunk, chunks)
-    save_tensors({"images": torch.from_numpy(np.concatenate([p["images"] for p in parts])[:n]),
-                  **{f"label.{h}": torch.from_numpy(np.concatenate([p["labels"][h] for p in parts])[:n])
-                     for h in world.OBJECT_HEADS}}, work / "views.safetensors")
+    parts = _in_chunks(_view_chunk, [(seed, i) for i in range(math.ceil(n / CHUNK))])
+    save_tensors(_scene_tensors(parts, n, world.OBJECT_HEADS), work / "views.safetensors")
 
 
 def train_image_encoder(folder: Path, views: dict, cfg: BuildConfig, device: str = "cpu", batch: int = 256):
@@ -448,17 +455,15 @@ def train_image_encoder(folder: Path, views: dict, cfg: BuildConfig, device: str
 
     def step_fn(step, gen):
         idx = torch.randint(len(images), (batch,), generator=gen)
-        pixels = readout_augment(models.vae_pixels(images[idx]), gen)
-        pixels = F.interpolate(pixels, scale_factor=models.ENCODER_UPSAMPLE, mode="nearest")  # as encoder_pixels
+        pixels = models.encoder_upsample(readout_augment(models.vae_pixels(images[idx]), gen))
         pooled = encoder(pixel_values=pixels.to(device)).pooler_output.flatten(1)
         out = {h: head(pooled) for h, head in heads.items()}
-        losses = {h: F.cross_entropy(out[h], labels[h][idx].to(device)) for h in out}
-        loss = sum(losses.values())
+        truth = {h: labels[h][idx].to(device) for h in out}
+        loss = sum(F.cross_entropy(out[h], truth[h]) for h in out)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(stage.opt.param_groups[0]["params"], 1.0)
         stage.opt.step()
         stage.opt.zero_grad(set_to_none=True)
-        truth = {h: labels[h][idx].to(device) for h in out}
         return {"loss": loss.item(), **{f"acc_{h}": (out[h].argmax(1) == truth[h]).float().mean().item() for h in out}}
 
     encoder.train()
@@ -627,8 +632,7 @@ def build(work: Path, out: Path, cfg: BuildConfig, threads: int | None = None, d
                                attribute_weight=cfg.evaluator_attribute_weight, device=device)
     if last >= STAGES.index("image_encoder"):
         build_views(work, cfg.object_views, cfg.seed + 2)
-        views = load_tensors(work / "views.safetensors")
-        views = {"images": views["images"], "labels": {h: views[f"label.{h}"] for h in world.OBJECT_HEADS}}
+        views = _scenes(load_tensors(work / "views.safetensors"), world.OBJECT_HEADS)
         image_encoder = train_image_encoder(work / "image_encoder", views, cfg, device)
     if last < STAGES.index("text"):
         return

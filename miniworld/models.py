@@ -132,9 +132,15 @@ def image_encoder_processor():
                                   image_std=[0.5] * 3, resample=0)  # 0: nearest
 
 
+def encoder_upsample(pixels: torch.Tensor) -> torch.Tensor:
+    """[N, 3, H, W] pixels in [-1, 1] -> each repeated ENCODER_UPSAMPLE times in both directions."""
+    return nn.functional.interpolate(pixels, scale_factor=ENCODER_UPSAMPLE, mode="nearest")
+
+
 def encoder_pixels(images: torch.Tensor) -> torch.Tensor:
-    """uint8 [N, H, W, 3] -> the image encoder's input, as ``image_encoder_processor`` makes it."""
-    return nn.functional.interpolate(vae_pixels(images), scale_factor=ENCODER_UPSAMPLE, mode="nearest")
+    """uint8 [N, H, W, 3] -> the image encoder's input, as ``image_encoder_processor`` makes it (and training
+    feeds it, augmented in between)."""
+    return encoder_upsample(vae_pixels(images))
 
 
 def scheduler_config() -> dict:
