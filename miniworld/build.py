@@ -68,7 +68,14 @@ class BuildConfig:
     judge_scenes: bool = option(True, "The evaluator CLIP and the read-out learn from judge scenes (any pattern "
                                        "colour, every triple: they must read the subjects the generator never saw); "
                                        "False (the first world's): from pretraining scenes of another seed.")
+    sampler: str = option("ddim", "Sampler the exported pipeline ships with: 'ddim' or 'dpm' (DPM-Solver++ 2M). "
+                                  "Export only: benchmarks/mini_sampler.py chooses it on the base-model gates.")
+    sampling_steps: int = option(25, "Denoising steps of the world's sampling protocol (recorded in build.json; the "
+                                     "gates and the configurations sample with them).")
     checkpoint_every: int = option(250, "Steps between checkpoints.")
+
+
+EXPORT_ONLY = ("sampler", "sampling_steps")  # fields no training stage reads: a finished build may re-export
 
 
 IMAGE_TOWERS = ("vit", "cnn")  # the conditioning CLIP's image tower: CLIPModel's own, or models.ImageTower
@@ -476,7 +483,7 @@ def train_image_encoder(folder: Path, views: dict, cfg: BuildConfig, device: str
 # --------------------------------------------------------------------------- #
 def export(out: Path, work: Path, cfg: BuildConfig, tokenizer, text_clip, vae, unet, evaluator, evaluator_tokenizer,
            readout, image_encoder, scaling_factor: float):
-    from diffusers import DDIMScheduler, StableDiffusionPipeline
+    from diffusers import StableDiffusionPipeline
     from transformers import CLIPTextModel
 
     text_clip, vae, unet, evaluator, readout, image_encoder = (
@@ -488,7 +495,7 @@ def export(out: Path, work: Path, cfg: BuildConfig, tokenizer, text_clip, vae, u
     text_encoder.load_state_dict(text_clip.text_model.state_dict())
     vae.register_to_config(scaling_factor=scaling_factor)
     pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder.eval(), tokenizer=tokenizer, unet=unet,
-                                   scheduler=DDIMScheduler(**models.scheduler_config()), safety_checker=None,
+                                   scheduler=models.make_sampler(cfg.sampler), safety_checker=None,
                                    feature_extractor=None, requires_safety_checker=False)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
@@ -506,7 +513,9 @@ def export(out: Path, work: Path, cfg: BuildConfig, tokenizer, text_clip, vae, u
         for stage in STAGES[1:-1]:
             if (work / stage / "log.csv").is_file():
                 shutil.copy(work / stage / "log.csv", logs / f"{stage}.csv")
-        write_json({"config": asdict(cfg), "renderer": world.RENDERER, "versions": package_versions(),
+        sampling = {"sampler": cfg.sampler, "steps": cfg.sampling_steps, "guidance_scale": world.GUIDANCE_SCALE}
+        write_json({"config": asdict(cfg), "renderer": world.RENDERER, "sampling": sampling,
+                    "versions": package_versions(),
                     "stages": {s: read_json(work / s / "done.json") for s in STAGES[1:-1]
                                if (work / s / "done.json").is_file()}},
                    tmp / "build.json")
@@ -588,7 +597,7 @@ def check_work_folder(work: Path, cfg: BuildConfig):
     # a field newer than the build (and its renderer): it was built with the field's default
     before = asdict(BuildConfig())
     changed = sorted(k for k, v in asdict(cfg).items()
-                     if old.get(k, before[k]) != v and not k.endswith("_steps"))
+                     if old.get(k, before[k]) != v and not k.endswith("_steps") and k not in EXPORT_ONLY)
     if changed:
         raise DTIError(f"{work} holds a build with other {', '.join(changed)}; use a new --work folder")
     # The UNet learns from the text encoder's states and the VAE's latents: once it has started, those two
@@ -610,6 +619,9 @@ def build(work: Path, out: Path, cfg: BuildConfig, threads: int | None = None, d
     if cfg.mark_colours not in world.MARK_COLOURS:
         raise DTIError(f"mark_colours must be one of {', '.join(world.MARK_COLOURS)}, not {cfg.mark_colours!r}")
     models.check_vae_factor(cfg.vae_factor)
+    models.make_sampler(cfg.sampler)
+    if cfg.sampling_steps < 1:
+        raise DTIError(f"sampling_steps must be >= 1, got {cfg.sampling_steps}")
     if stop_after not in STAGES:
         raise DTIError(f"stop_after must be one of {', '.join(STAGES)}, not {stop_after!r}")
     device = str(resolve_device(device))

@@ -48,7 +48,6 @@ THRESHOLDS = {"base_model.class": 0.9, "base_model.background": 0.95, "base_mode
               "readout.prompt_on_ground_truth": 0.95, "readout.subject_on_ground_truth": 0.95,
               "personalization.ti_shows_subject": 0.8}
 BUDGETS = {"budget.ti_run_seconds": 60.0, "budget.prompt_set_seconds": 60.0, "budget.weights_mb": 40.0}  # maxima
-SAMPLING = {"steps": 25, "guidance_scale": 4.0}  # the mini world's sampling protocol
 EVAL_SEEDS = [0, 1, 2, 3]  # the prompt set's budget: 15 prompts x 4 seeds
 GATE_SEEDS = (0, 1, 2)  # each offsets the seed of every drawing gate
 PHOTO_SEEDS = 16  # images of "a photo of <s>" per subject in the personalization gate
@@ -150,14 +149,17 @@ def text_sensitivity(pipe) -> dict[str, float]:
     return out
 
 
-def base_model(pipe, readout, n: int, seed: int, out: Path, batch: int = 16, grid: bool = True) -> dict[str, float]:
+def base_model(pipe, readout, n: int, seed: int, out: Path, sampling: dict, batch: int = 16,
+               grid: bool = True) -> dict[str, float]:
+    """Prompted attributes of the base model's images of ``n`` held-out captions, sampled with the
+    ``sampling`` protocol's steps and guidance (``world.sampling_of``; the pipeline brings the sampler)."""
     scenes = held_out_scenes(n, seed)
     prompts = [scene_caption(s) for s in scenes]
     images = []
     for start in range(0, n, batch):
         gens = [torch.Generator().manual_seed(seed + i) for i in range(start, min(n, start + batch))]
-        images += pipe(prompt=prompts[start:start + batch], generator=gens, num_inference_steps=SAMPLING["steps"],
-                       guidance_scale=SAMPLING["guidance_scale"]).images
+        images += pipe(prompt=prompts[start:start + batch], generator=gens, num_inference_steps=sampling["steps"],
+                       guidance_scale=sampling["guidance_scale"]).images
     predicted = readout.predict(images)
     rows = [{"prompt": p, **{f"want_{h}": s.labels[h] for h in BASE_ATTRIBUTES},
              **{f"got_{h}": predicted[h][i] for h in BASE_ATTRIBUTES}} for i, (p, s) in enumerate(zip(prompts, scenes))]
@@ -284,6 +286,7 @@ def personalization(world_dir: Path, pipe, readout, subjects: list[world.Subject
     from dti.sample import quiet_new_embeddings
     from dti.train import train_group
 
+    sampling = world.sampling_of(world_dir)
     runs = train_group([_ti_config(world_dir, s, steps, device) for s in subjects],
                        [out / "runs" / s.name for s in subjects])
     results = {}
@@ -292,7 +295,7 @@ def personalization(world_dir: Path, pipe, readout, subjects: list[world.Subject
             concept = load_embeddings(pipe, run)
         gens = [torch.Generator().manual_seed(k) for k in range(photos)]
         images = pipe(prompt=[concept.prompt("a photo of a {}")] * photos, generator=gens,
-                      num_inference_steps=SAMPLING["steps"], guidance_scale=SAMPLING["guidance_scale"]).images
+                      num_inference_steps=sampling["steps"], guidance_scale=sampling["guidance_scale"]).images
         seen = readout.predict(images)
         found = [seen["class"][k] == s.cls and seen["colour"][k] == s.colour and seen["pattern"][k] == s.pattern
                  for k in range(photos)]
@@ -311,9 +314,10 @@ def budgets(world_dir: Path, subject: world.Subject, steps: int, out: Path, devi
     t0 = time.time()
     run = train(_ti_config(world_dir, subject, steps, device), out / "budget_run")
     train_seconds = time.time() - t0
+    sampling = world.sampling_of(world_dir)
     t0 = time.time()
     sample(run, out / "budget_samples", subject.name, subject.cls, world.PROMPTS, EVAL_SEEDS, "mini",
-           SampleConfig(steps=SAMPLING["steps"], guidance_scale=SAMPLING["guidance_scale"], device=device))
+           SampleConfig(steps=sampling["steps"], guidance_scale=sampling["guidance_scale"], device=device))
     sample_seconds = time.time() - t0
     weights = sum(p.stat().st_size for p in world_dir.rglob("*.safetensors")) / 2 ** 20
     return {"ti_run_seconds": round(train_seconds, 1), "ti_run_steps": steps,
@@ -385,6 +389,7 @@ def run_gates(world_dir, out, quick: bool = False, threads: int | None = None, d
     backbones = Backbones([IMAGE_METRIC, *REPORTED_IMAGE_METRICS, TEXT_METRIC], world_backbones(world_dir), device)
     pipe = DiffusionPipeline.from_pretrained(world_dir / "pipeline", safety_checker=None).to(device)
     pipe.set_progress_bar_config(disable=True)
+    sampling = world.sampling_of(world_dir)
     t0 = time.time()
     per_seed = []
     for seed in seeds:
@@ -394,7 +399,8 @@ def run_gates(world_dir, out, quick: bool = False, threads: int | None = None, d
             "readout_on_renders": readout_accuracy(readout, n_readout, seed=101 + seed),
             "readout_on_vae_reconstructions": readout_accuracy(readout, n_readout, seed=101 + seed, vae=pipe.vae),
             "evaluator": {"top1_of_100": evaluator_retrieval(evaluator, n_retrieval, seed=202 + seed)},
-            "base_model": base_model(pipe, readout, n_base, seed=303 + seed, out=out, grid=seed == seeds[0]),
+            "base_model": base_model(pipe, readout, n_base, seed=303 + seed, out=out, sampling=sampling,
+                                     grid=seed == seeds[0]),
             "metrics": metric_discrimination(backbones, world_dir, renders, subjects),
             "readout_on_ground_truth": readout_on_ground_truth(readout, renders, subjects)})
     report = {"per_seed": per_seed, "text_sensitivity": text_sensitivity(pipe),
@@ -418,7 +424,7 @@ def run_gates(world_dir, out, quick: bool = False, threads: int | None = None, d
     reported = reported_measures(per_seed)
     report.update({"checks": checks, "reported": reported, "all_pass": all(c["pass"] for c in checks.values()),
                    "quick": quick,
-                   "seeds": list(seeds), "sizes": {"base_model": n_base, "retrieval": n_retrieval,
+                   "sampling": sampling, "seeds": list(seeds), "sizes": {"base_model": n_base, "retrieval": n_retrieval,
                                                    "readout": n_readout, "photos": photos},
                    "subjects": [s.name for s in subjects],
                    "seconds": round(time.time() - t0, 1), "threads": torch.get_num_threads(), "device": device,

@@ -148,6 +148,21 @@ def scheduler_config() -> dict:
                 clip_sample=False, timestep_spacing="trailing", steps_offset=1)
 
 
+SAMPLERS = ("ddim", "dpm")  # DDIM; DPM-Solver++ (2M), which needs fewer steps for the same images
+
+
+def make_sampler(name: str):
+    """The exported pipeline's scheduler: the training noise schedule (``scheduler_config``) under ``name``."""
+    from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
+
+    if name not in SAMPLERS:
+        raise DTIError(f"sampler must be one of {', '.join(SAMPLERS)}, not {name!r}")
+    if name == "ddim":
+        return DDIMScheduler(**scheduler_config())
+    config = {k: v for k, v in scheduler_config().items() if k != "clip_sample"}  # DDIM's own option
+    return DPMSolverMultistepScheduler(**config, algorithm_type="dpmsolver++", solver_order=2)
+
+
 def conv_features(width: int) -> nn.Sequential:
     """32-px image -> [2 * width, 4, 4] feature map (convolutions see shape, which a ViT this small does not)."""
     def block(i, o, stride):

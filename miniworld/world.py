@@ -70,6 +70,18 @@ def renderer_of(world_dir) -> int:
     return config.get("renderer", 2 if "vae_factor" in config["config"] else 1)
 
 
+GUIDANCE_SCALE = 4.0  # classifier-free guidance of every mini world's sampling
+# The sampling protocol of the worlds that recorded none (the first two builds).
+FIRST_SAMPLING = {"sampler": "ddim", "steps": 25, "guidance_scale": GUIDANCE_SCALE}
+
+
+def sampling_of(world_dir) -> dict:
+    """The sampler, steps and guidance a shipped world's gates and configurations sample with (its
+    ``build.json``; worlds that record none sample as the first)."""
+    config = json.loads((Path(world_dir) / "build.json").read_text())
+    return config.get("sampling", FIRST_SAMPLING)
+
+
 def training_templates() -> list[str]:
     data = json.loads(resources.files("dti.resources").joinpath("training_templates.json").read_text())
     return data["object"]

@@ -194,7 +194,16 @@ def test_build_refuses_to_mix_two_worlds_in_one_work_folder(tmp_path):
         build.build(tmp_path / "other", tmp_path / "out", replace(cfg, mark_colours="pastel"))
     with pytest.raises(DTIError, match="stop_after must be one of"):
         build.build(tmp_path / "other", tmp_path / "out", cfg, stop_after="vea")
+    with pytest.raises(DTIError, match="sampler must be one of ddim, dpm"):
+        build.build(tmp_path / "other", tmp_path / "out", replace(cfg, sampler="euler"))
+    with pytest.raises(DTIError, match="sampling_steps must be >= 1"):
+        build.build(tmp_path / "other", tmp_path / "out", replace(cfg, sampling_steps=0))
     assert not (tmp_path / "other").exists()
+    # the sampling protocol is the export's alone: a finished build may ship another
+    (work / "config.json").write_text(written(cfg))
+    build.check_work_folder(work, replace(cfg, sampler="dpm", sampling_steps=12))
+    with pytest.raises(DTIError, match="other text_width"):
+        build.check_work_folder(work, replace(cfg, sampler="dpm", text_width=32))
 
 
 @pytest.mark.parametrize("factor", [2, 4])
@@ -246,8 +255,11 @@ def test_clip_attribute_heads_learn_and_are_checkpointed(tmp_path):
 
 
 def test_export_writes_a_loadable_pipeline_without_tokenizer_state(tmp_path):
-    """Export of untrained models: a standard SD pipeline folder, the latent scale recorded, and
-    tokenizers saved without the padding the training stages left on them."""
+    """Export of untrained models: a standard SD pipeline folder, the latent scale recorded, the sampler
+    asked for on the training noise schedule, its protocol in build.json, and tokenizers saved without
+    the padding the training stages left on them."""
+    from diffusers import DDPMScheduler, DPMSolverMultistepScheduler
+
     from diffusers import DiffusionPipeline
     from transformers import CLIPModel
 
@@ -257,7 +269,8 @@ def test_export_writes_a_loadable_pipeline_without_tokenizer_state(tmp_path):
     torch.manual_seed(0)
     text_clip = CLIPModel(models.clip_config(len(tokenizer), 32))
     evaluator = CLIPModel(models.clip_config(len(tokenizer), 32))
-    build.export(tmp_path / "world", tmp_path / "work", build.BuildConfig(), tokenizer, text_clip, models.make_vae(),
+    cfg = build.BuildConfig(sampler="dpm", sampling_steps=12)
+    build.export(tmp_path / "world", tmp_path / "work", cfg, tokenizer, text_clip, models.make_vae(),
                  models.make_unet(32), evaluator, evaluator_tokenizer, models.Readout(16), models.make_image_encoder(),
                  scaling_factor=2.5)
     for f in ("pipeline/tokenizer/tokenizer.json", "evaluator/tokenizer.json"):
@@ -268,6 +281,12 @@ def test_export_writes_a_loadable_pipeline_without_tokenizer_state(tmp_path):
     assert torch.equal(pipe.text_encoder.embeddings.token_embedding.weight,
                        text_clip.text_model.embeddings.token_embedding.weight)
     assert len(list((tmp_path / "world" / "subjects").iterdir())) == len(world.SUBJECTS)
+    training = DDPMScheduler(**models.scheduler_config())
+    assert isinstance(pipe.scheduler, DPMSolverMultistepScheduler)
+    assert pipe.scheduler.config.prediction_type == "v_prediction"
+    assert torch.equal(pipe.scheduler.alphas_cumprod, training.alphas_cumprod)
+    assert torch.equal(models.make_sampler("ddim").alphas_cumprod, training.alphas_cumprod)
+    assert world.sampling_of(tmp_path / "world") == {"sampler": "dpm", "steps": 12, "guidance_scale": 4.0}
 
 
 shipped = pytest.mark.skipif(not (WORLD / "pipeline" / "model_index.json").is_file(), reason="no shipped mini world")
@@ -289,6 +308,21 @@ def test_shipped_world_is_small_and_complete():
     assert all(4 <= len(list((WORLD / "subjects" / s).glob("*.png"))) <= 6 for s in subjects)
     prompts = json.loads((WORLD / "prompt_sets.json").read_text())["mini"]
     assert len(prompts["object"]) >= 12 and len(prompts["attributes"]) == len(prompts["object"])
+
+
+@shipped
+@pytest.mark.parametrize("config", ["experiments/mini.yaml", "benchmarks/mini_grown.yaml"])  # smoke: 4 steps
+def test_mini_configurations_sample_with_the_world_protocol(config):
+    """The workflow samples as the world's gates measured it (its build.json): its steps and guidance, and the
+    pipeline's own sampler."""
+    import yaml
+
+    root = WORLD.parents[2]
+    settings = yaml.safe_load((root / config).read_text())["sample"]["settings"]
+    sampling = world.sampling_of(WORLD)
+    assert (settings["steps"], settings["guidance_scale"]) == (sampling["steps"], sampling["guidance_scale"])
+    scheduler = json.loads((WORLD / "pipeline" / "scheduler" / "scheduler_config.json").read_text())
+    assert scheduler["_class_name"] == type(models.make_sampler(sampling["sampler"])).__name__
 
 
 @shipped
