@@ -177,8 +177,9 @@ class Stage:
         self.packed = meta.get("packed", False)
         for prefix, group in (("model", self.modules), ("ema", self.ema)):
             for n, m in group.items():
-                m.load_state_dict({k[len(f"{prefix}.{n}."):]: v for k, v in tensors.items()
-                                   if k.startswith(f"{prefix}.{n}.")})
+                state = {k[len(f"{prefix}.{n}."):]: v for k, v in tensors.items() if k.startswith(f"{prefix}.{n}.")}
+                if state or not self.packed:  # a pack keeps only the EMA of a module that has one
+                    m.load_state_dict(state)
         state = {}
         for k, v in tensors.items():
             if k.startswith("opt."):
@@ -551,9 +552,10 @@ def write_subjects(folder: Path, seed: int):
 
 # --------------------------------------------------------------------------- #
 def pack(work: Path, dest: Path):
-    """Copy the finished stages of ``work`` into a new work folder ``dest`` without their optimizer state
-    (the data is not copied: a build draws it again from the seed). Small enough to keep between sittings
-    on another machine; its stages are done and cannot train to more steps."""
+    """Copy the finished stages of ``work`` into a new work folder ``dest`` without their optimizer state,
+    and of a module with an EMA only the EMA, which is what a finished stage returns (the data is not
+    copied: a build draws it again from the seed). Small enough to keep between sittings on another
+    machine; its stages are done and cannot train to more steps."""
     if not (work / "config.json").is_file():
         raise DTIError(f"{work} is not a build's work folder (no config.json)")
     if dest.exists():
@@ -568,7 +570,9 @@ def pack(work: Path, dest: Path):
         for stage in finished:
             (tmp / stage).mkdir()
             tensors = load_tensors(work / stage / "checkpoint.safetensors")
-            save_tensors({k: v for k, v in tensors.items() if not k.startswith("opt.")},
+            averaged = {k.split(".")[1] for k in tensors if k.startswith("ema.")}
+            save_tensors({k: v for k, v in tensors.items() if not k.startswith("opt.")
+                          and not (k.startswith("model.") and k.split(".")[1] in averaged)},
                          tmp / stage / "checkpoint.safetensors")
             meta = read_json(work / stage / "checkpoint.json")
             write_json({**meta, "packed": True}, tmp / stage / "checkpoint.json")
