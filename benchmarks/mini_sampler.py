@@ -10,11 +10,9 @@ steps) runs the base-model gate of ``miniworld.gates`` on its seeds (160 held-ou
 training, and its cost is linear in the steps, so a sampler that draws as well in fewer steps shortens
 the workflow without touching any method.
 
-Rule (fixed before measuring): the world keeps DDIM at 25 steps unless a sampler with fewer steps scores, on
-every base-model attribute, a minimum over seeds at least DDIM-25's minimum minus 0.01; the cheapest such
-sampler (fewest steps; DPM-Solver++ before DDIM at equal steps) becomes the world's (``python -m
-miniworld.build ... --set sampler=NAME --set sampling_steps=N`` re-exports a finished build). Writes
-``samplers.json`` (every number) and ``samplers.md`` (the table).
+``RULE``, fixed before measuring, chooses the world's sampler (``python -m miniworld.build ... --set
+sampler=NAME --set sampling_steps=N`` re-exports a finished build). Writes ``samplers.json`` (every number)
+and ``samplers.md`` (the table).
 """
 
 from __future__ import annotations
@@ -36,6 +34,10 @@ from miniworld import gates, models, world  # noqa: E402
 
 TOLERANCE = 0.01  # the rule's allowance below DDIM-25, per attribute, on the minimum over seeds
 REFERENCE = ("ddim", 25)
+DEFAULT_SAMPLERS = [("ddim", 25), ("ddim", 12), ("dpm", 10), ("dpm", 12), ("dpm", 15)]
+RULE = (f"The world keeps DDIM at 25 steps unless a sampler with fewer steps scores, on every base-model "
+        f"attribute, a minimum over seeds at least DDIM-25's minimum minus {TOLERANCE}; the cheapest such "
+        f"sampler (fewest steps; DPM-Solver++ before DDIM at equal steps) becomes the world's.")
 
 
 def parse_sampler(text: str) -> tuple[str, int]:
@@ -47,7 +49,7 @@ def parse_sampler(text: str) -> tuple[str, int]:
 
 
 def choose(results: dict[str, dict]) -> str:
-    """The rule of the module docstring, on ``{"name:steps": {"min": {attribute: value}}}``."""
+    """``RULE`` on ``{"name:steps": {"min": {attribute: value}}}``."""
     reference = results[f"{REFERENCE[0]}:{REFERENCE[1]}"]["min"]
     passing = [key for key, r in results.items()
                if all(r["min"][a] >= reference[a] - TOLERANCE for a in reference)]
@@ -58,13 +60,12 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--world", required=True, help="A mini world folder.")
     parser.add_argument("--out", required=True, help="Folder for samplers.json/md and the per-image CSVs.")
-    parser.add_argument("--samplers", nargs="+", type=parse_sampler, default=["ddim:25", "ddim:12", "dpm:10", "dpm:12",
-                                                                               "dpm:15"], help="NAME:STEPS ...")
+    parser.add_argument("--samplers", nargs="+", type=parse_sampler, default=DEFAULT_SAMPLERS,
+                        help="NAME:STEPS ... (default: ddim:25 ddim:12 dpm:10 dpm:12 dpm:15)")
     parser.add_argument("--n", type=int, default=160, help="Captions per seed (the gates use 160).")
     parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args(argv)
-    samplers = [parse_sampler(s) if isinstance(s, str) else s for s in args.samplers]  # defaults come as text
-    if REFERENCE not in samplers:
+    if REFERENCE not in args.samplers:
         raise SystemExit(f"error: the samplers must include {REFERENCE[0]}:{REFERENCE[1]}, the reference")
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -75,7 +76,7 @@ def main(argv=None):
     pipe.set_progress_bar_config(disable=True)
     readout = models.Readout.load(world_dir / "readout", "cpu")
     results = {}
-    for name, steps in samplers:
+    for name, steps in args.samplers:
         key = f"{name}:{steps}"
         pipe.scheduler = models.make_sampler(name)
         sampling = {"steps": steps, "guidance_scale": world.GUIDANCE_SCALE}
@@ -91,7 +92,7 @@ def main(argv=None):
                         "ms_per_image": round(1000 * seconds / (args.n * len(gates.GATE_SEEDS)), 2)}
         print(key, results[key]["min"], results[key]["ms_per_image"], "ms/image", flush=True)
     chosen = choose(results)
-    write_json({"results": results, "chosen": chosen, "rule": __doc__.split("Rule")[1].split("Writes")[0].strip(),
+    write_json({"results": results, "chosen": chosen, "rule": RULE,
                 "n": args.n, "seeds": list(gates.GATE_SEEDS), "threads": torch.get_num_threads(),
                 "versions": package_versions()}, out / "samplers.json")
     attributes = list(results[chosen]["min"])

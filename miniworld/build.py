@@ -623,7 +623,7 @@ def build(work: Path, out: Path, cfg: BuildConfig, threads: int | None = None, d
     if cfg.mark_colours not in world.MARK_COLOURS:
         raise DTIError(f"mark_colours must be one of {', '.join(world.MARK_COLOURS)}, not {cfg.mark_colours!r}")
     models.check_vae_factor(cfg.vae_factor)
-    models.make_sampler(cfg.sampler)
+    models.check_sampler(cfg.sampler)
     if cfg.sampling_steps < 1:
         raise DTIError(f"sampling_steps must be >= 1, got {cfg.sampling_steps}")
     if stop_after not in STAGES:

@@ -278,7 +278,7 @@ def _shows_what_is_asked(subject: world.Subject) -> torch.Tensor:
 
 
 def personalization(world_dir: Path, pipe, readout, subjects: list[world.Subject], steps: int, out: Path,
-                    photos: int = PHOTO_SEEDS, device: str = "cpu") -> dict:
+                    sampling: dict, photos: int = PHOTO_SEEDS, device: str = "cpu") -> dict:
     """TI (training seed 0) on every subject, trained together (``dti.train.train_group``); per subject the
     share of the images of "a photo of <s>" (seeds 0 ... photos-1) in which the read-out finds its class,
     colour and pattern."""
@@ -286,7 +286,6 @@ def personalization(world_dir: Path, pipe, readout, subjects: list[world.Subject
     from dti.sample import quiet_new_embeddings
     from dti.train import train_group
 
-    sampling = world.sampling_of(world_dir)
     runs = train_group([_ti_config(world_dir, s, steps, device) for s in subjects],
                        [out / "runs" / s.name for s in subjects])
     results = {}
@@ -305,7 +304,8 @@ def personalization(world_dir: Path, pipe, readout, subjects: list[world.Subject
     return results
 
 
-def budgets(world_dir: Path, subject: world.Subject, steps: int, out: Path, device: str = "cpu") -> dict:
+def budgets(world_dir: Path, subject: world.Subject, steps: int, out: Path, sampling: dict,
+            device: str = "cpu") -> dict:
     """Wall seconds of one TI run alone and of sampling one subject's prompt set at ``EVAL_SEEDS``
     (``dti.sample``, as the workflow samples), and the megabytes of the world's weights."""
     from dti.sample import SampleConfig, sample
@@ -314,7 +314,6 @@ def budgets(world_dir: Path, subject: world.Subject, steps: int, out: Path, devi
     t0 = time.time()
     run = train(_ti_config(world_dir, subject, steps, device), out / "budget_run")
     train_seconds = time.time() - t0
-    sampling = world.sampling_of(world_dir)
     t0 = time.time()
     sample(run, out / "budget_samples", subject.name, subject.cls, world.PROMPTS, EVAL_SEEDS, "mini",
            SampleConfig(steps=sampling["steps"], guidance_scale=sampling["guidance_scale"], device=device))
@@ -404,8 +403,9 @@ def run_gates(world_dir, out, quick: bool = False, threads: int | None = None, d
             "metrics": metric_discrimination(backbones, world_dir, renders, subjects),
             "readout_on_ground_truth": readout_on_ground_truth(readout, renders, subjects)})
     report = {"per_seed": per_seed, "text_sensitivity": text_sensitivity(pipe),
-              "personalization": personalization(world_dir, pipe, readout, subjects, steps, out, photos, device),
-              "budget": budgets(world_dir, test[0], steps, out, device)}
+              "personalization": personalization(world_dir, pipe, readout, subjects, steps, out, sampling, photos,
+                                                 device),
+              "budget": budgets(world_dir, test[0], steps, out, sampling, device)}
     over_seeds = {"base_model": lambda r, a: r["base_model"][a],
                   "reconstruction": lambda r, a: r["readout_on_vae_reconstructions"][a],
                   "evaluator": lambda r, a: r["evaluator"][a],

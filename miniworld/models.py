@@ -151,12 +151,16 @@ def scheduler_config() -> dict:
 SAMPLERS = ("ddim", "dpm")  # DDIM; DPM-Solver++ (2M), which needs fewer steps for the same images
 
 
+def check_sampler(name: str):
+    if name not in SAMPLERS:
+        raise DTIError(f"sampler must be one of {', '.join(SAMPLERS)}, not {name!r}")
+
+
 def make_sampler(name: str):
     """The exported pipeline's scheduler: the training noise schedule (``scheduler_config``) under ``name``."""
     from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
 
-    if name not in SAMPLERS:
-        raise DTIError(f"sampler must be one of {', '.join(SAMPLERS)}, not {name!r}")
+    check_sampler(name)
     if name == "ddim":
         return DDIMScheduler(**scheduler_config())
     config = {k: v for k, v in scheduler_config().items() if k != "clip_sample"}  # DDIM's own option
