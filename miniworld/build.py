@@ -68,9 +68,10 @@ class BuildConfig:
     judge_scenes: bool = option(True, "The evaluator CLIP and the read-out learn from judge scenes (any pattern "
                                        "colour, every triple: they must read the subjects the generator never saw); "
                                        "False (the first world's): from pretraining scenes of another seed.")
-    sampler: str = option("ddim", "Sampler the exported pipeline ships with: 'ddim' or 'dpm' (DPM-Solver++ 2M). "
-                                  "Export only: benchmarks/mini_sampler.py chooses it on the base-model gates.")
-    sampling_steps: int = option(25, "Denoising steps of the world's sampling protocol (recorded in build.json; the "
+    sampler: str = option("dpm", "Sampler the exported pipeline ships with: 'ddim' or 'dpm' (DPM-Solver++ 2M). "
+                                 "Export only: benchmarks/mini_sampler.py chose the shipped world's on its "
+                                 "base-model gate.")
+    sampling_steps: int = option(10, "Denoising steps of the world's sampling protocol (recorded in build.json; the "
                                      "gates and the configurations sample with them).")
     checkpoint_every: int = option(250, "Steps between checkpoints.")
 

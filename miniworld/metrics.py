@@ -2,16 +2,15 @@
 
 * backbone ``mini``, the evaluator CLIP: ``mini_patch`` (mean patch state, the DINO analogue)
   and ``mini_clip_i`` image similarity, ``mini_clip_t`` text similarity;
-* backbone ``mini_object``, the image encoder: ``mini_object`` image similarity (the DINO analogue of the
-  main table: ``mini_patch`` could not tell the subjects apart);
+* backbone ``mini_object``, the image encoder: ``mini_object`` image similarity (the main table's image
+  metric, the DINO analogue: ``mini_patch`` could not tell the subjects apart);
 * backbone ``readout``, the attribute read-out: the share of the prompt's asked attributes
   that an image shows (``attr_prompt``, text fidelity) and of the subject's own class, colour
   and pattern (``attr_subject``, identity);
-* protocol ``mini``: all but ``mini_object``, until the shipped world has an image encoder (the first
-  world has none; ``--metrics mini_object`` scores it on a world that has).
+* protocol ``mini``: all six.
 
-The backbones are folders of a world (``experiments/mini/world/evaluator``, ``.../readout`` and, from
-the second world on, ``.../image_encoder``) with no default: pass ``--model-id mini=PATH`` (and so on).
+The backbones are folders of a world (``experiments/mini/world/evaluator``, ``.../image_encoder``,
+``.../readout``) with no default: pass ``--model-id mini=PATH`` (and so on).
 """
 
 from __future__ import annotations
@@ -122,6 +121,5 @@ for _metric in [Metric("mini_object", "mini_object", "image"),
                 Metric("attr_prompt", "readout", "attributes", view="prompt", expectations=mini_expectations),
                 Metric("attr_subject", "readout", "attributes", view="subject", expectations=mini_expectations)]:
     register_metric(_metric)
-# mini_object joins the protocol (and the main table) with the first world that ships an image encoder
-register_protocol("mini", ["mini_patch", "mini_clip_i", "mini_clip_t", "attr_prompt", "attr_subject"])
+register_protocol("mini", ["mini_object", "mini_patch", "mini_clip_i", "mini_clip_t", "attr_prompt", "attr_subject"])
 del _metric

@@ -26,18 +26,9 @@ IMAGE_METRICS = [n for n, m in METRICS.items() if m.kind == "image"]
 
 
 @pytest.fixture(scope="session")
-def all_models(metric_models, tmp_path_factory):
-    """Model ids of every backbone: the tiny ones, and the shipped mini world's (which have no default); its
-    image encoder, or a random-weight one of the same architecture where the world has none (the first)."""
-    from miniworld import models
-
-    encoder = MINI_WORLD / "image_encoder"
-    if not encoder.is_dir():
-        encoder = tmp_path_factory.mktemp("image_encoder")
-        torch.manual_seed(0)
-        models.make_image_encoder().save_pretrained(encoder, safe_serialization=True)
-        models.image_encoder_processor().save_pretrained(encoder)
-    return dict(metric_models, mini=str(MINI_WORLD / "evaluator"), mini_object=str(encoder),
+def all_models(metric_models):
+    """Model ids of every backbone: the tiny ones, and the shipped mini world's (which have no default)."""
+    return dict(metric_models, mini=str(MINI_WORLD / "evaluator"), mini_object=str(MINI_WORLD / "image_encoder"),
                 readout=str(MINI_WORLD / "readout"))
 
 
@@ -65,7 +56,8 @@ def test_registry():
     assert {m.backbone for m in METRICS.values()} == set(BACKBONES)
     assert {m.kind for m in METRICS.values()} == {"image", "text", "attributes"}
     # the mini world's, found through its entry point
-    assert PROTOCOLS["mini"] == ["mini_patch", "mini_clip_i", "mini_clip_t", "attr_prompt", "attr_subject"]
+    assert PROTOCOLS["mini"] == ["mini_object", "mini_patch", "mini_clip_i", "mini_clip_t", "attr_prompt",
+                                 "attr_subject"]
     assert BACKBONES["mini"].default_id is None and BACKBONES["readout"].default_id is None
 
 

@@ -300,8 +300,7 @@ def test_shipped_world_is_small_and_complete():
     size = sum(p.stat().st_size for p in WORLD.rglob("*.safetensors"))
     assert size <= 40 * 2**20
     assert not list(WORLD.rglob("*.bin")) and not list(WORLD.rglob("*.pt"))
-    parts = ("pipeline", "evaluator", "readout", "subjects", "gates")
-    for part in parts + (("image_encoder",) if world.renderer_of(WORLD) > 1 else ()):  # the first world has none
+    for part in ("pipeline", "evaluator", "image_encoder", "readout", "subjects", "gates"):
         assert (WORLD / part).is_dir(), part
     subjects = [p.name for p in (WORLD / "subjects").iterdir()]
     assert len(subjects) >= 14 and {s.name for s in world.SUBJECTS} == set(subjects)

@@ -359,7 +359,8 @@ def test_smoke_workflow_end_to_end_then_one_cell_rerun(smoke_local, tmp_path):
     norms = pd.read_csv(out / "tables" / "final_norms.csv").groupby("method")["ratio_to_vocab_mean"].mean()
     assert norms["dti"] == pytest.approx(1.0, rel=1e-5) and norms["ti_rescaled"] == pytest.approx(1.0, rel=1e-5)
     scores = pd.read_csv(out / "tables" / "main_scores" / "summary.csv")
-    assert {"mini_patch", "mini_clip_i", "mini_clip_t", "attr_prompt", "attr_subject"} <= set(scores["metric"])
+    metrics = {"mini_object", "mini_patch", "mini_clip_i", "mini_clip_t", "attr_prompt", "attr_subject"}
+    assert metrics <= set(scores["metric"])
     # identity is not asked of two-object prompts: those images have no attr_subject row, and no
     # subject is counted incomplete for it
     assert scores.loc[scores["metric"] == "attr_subject", "mean"].notna().all()

@@ -369,7 +369,7 @@ PAPER_OPTION = f"--paper {shlex.quote(config['paper_numbers'])}" if config.get("
 PRESET_OPTION = f"--preset {shlex.quote(PRESET)}" if PRESET else ""  # the tables name it, and warn on a mismatch
 MASKS = f"--masks {shlex.quote(DATA['masks'])}" if DATA.get("masks") else ""
 IMAGE_METRIC, TEXT_METRIC = {"paper": ("dinov2", "siglip"), "dreambooth": ("dino", "clip_t"),
-                             "mini": ("mini_patch", "mini_clip_t")}[SCORE["protocol"]]
+                             "mini": ("mini_object", "mini_clip_t")}[SCORE["protocol"]]
 
 
 def scores_of(prefix, methods, subjects, seeds=None):
