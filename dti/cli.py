@@ -198,6 +198,8 @@ def _add_tables(p):
                    help="ablation: the DTI run folders behind the default row, whose recorded settings label it")
     p.add_argument("--image-metric", required=True, help="metric of the image-fidelity column, e.g. dinov2")
     p.add_argument("--text-metric", required=True, help="metric of the text-fidelity column, e.g. siglip")
+    p.add_argument("--extra-metric", action="append", default=[], metavar="METRIC",
+                   help="main: a further column after text, e.g. attr_prompt (repeatable)")
     p.add_argument("--model-label", default="", help="main: the model's name in the table")
     p.add_argument("--paper",
                    help="model key of the paper's reported numbers to print beside ours (sdxl, sana_1.6b, ...)")
@@ -380,7 +382,7 @@ def _tables(args):
 
     if args.kind == "main":
         tables.main_table(args.summary, args.out, args.image_metric, args.text_metric, args.model_label, args.paper,
-                          args.preset)
+                          args.preset, tuple(args.extra_metric))
         return args.out
     cells = {}
     for item in args.cell:

@@ -113,12 +113,14 @@ def _read_summary(path) -> pd.DataFrame:
     return pd.read_csv(path)
 
 
-def fidelity_rows(summary: pd.DataFrame, image_metric: str, text_metric: str, labels: list[str]) -> pd.DataFrame:
-    """One row per label (the summary's ``method`` column): image/text mean, interval, subjects."""
+def fidelity_rows(summary: pd.DataFrame, image_metric: str, text_metric: str, labels: list[str],
+                  extra_metrics: tuple[str, ...] = ()) -> pd.DataFrame:
+    """One row per label (the summary's ``method`` column): image/text mean, interval, subjects; and the same
+    for each of ``extra_metrics`` (columns named by the metric: ``attr_prompt_mean``, ...)."""
     rows = []
     for label in labels:
         row = {"label": label}
-        for axis, metric in (("image", image_metric), ("text", text_metric)):
+        for axis, metric in (("image", image_metric), ("text", text_metric), *((m, m) for m in extra_metrics)):
             hit = summary[(summary["method"] == label) & (summary["metric"] == metric)]
             if hit.empty:
                 raise DTIError(f"no {metric!r} scores for {label!r} in the summary")
@@ -129,7 +131,8 @@ def fidelity_rows(summary: pd.DataFrame, image_metric: str, text_metric: str, la
             row.update({f"{axis}_mean": r["mean"], f"{axis}_ci_low": r["ci_low"], f"{axis}_ci_high": r["ci_high"],
                         # why an interval is missing (dti.stats: fewer than 5 subjects, a missing subject, ...)
                         f"{axis}_note": r["note"] if "note" in r and pd.notna(r["note"]) else ""})
-            row["subjects"] = f"{int(r['n_subjects'])}/{int(r['n_expected_subjects'])}"
+            if axis in ("image", "text"):  # the fidelity columns' subjects (an extra metric may ask fewer images)
+                row["subjects"] = f"{int(r['n_subjects'])}/{int(r['n_expected_subjects'])}"
             if axis == "image":  # empty: scores from before `dti score` recorded it
                 refs = r["references"] if "references" in r and pd.notna(r["references"]) else ""
         rows.append({**row, "image_references": refs})
@@ -211,10 +214,11 @@ def _paper_value(value, bold: bool, fmt: str) -> str:
 
 def write(table: pd.DataFrame, out_dir, name: str, title: str, image_metric: str, text_metric: str,
           paper: dict | None = None, names: dict | None = None, preset: str | None = None,
-          paper_from: str | None = None):
+          paper_from: str | None = None, extra_metrics: tuple[str, ...] = ()):
     """``name``.csv (tidy numbers), ``name``.md and ``name``.tex, with the paper's numbers when given
     (``table`` then has with_paper's columns). ``names``: label -> what readers see. ``preset``: ours;
-    ``paper_from``: the preset matching the paper's numbers (a mismatch prints a warning)."""
+    ``paper_from``: the preset matching the paper's numbers (a mismatch prints a warning). ``extra_metrics``:
+    further columns after text (``fidelity_rows``), higher is better."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     names = names or {}
@@ -225,12 +229,14 @@ def write(table: pd.DataFrame, out_dir, name: str, title: str, image_metric: str
     with atomic_path(out_dir / f"{name}.csv") as tmp:
         csv.to_csv(tmp, index=False)
 
-    best = {column: _best(table[column]) for column in ("image_mean", "text_mean")}
+    axes = ["image", "text", *extra_metrics]  # the column prefixes of fidelity_rows
+    best = {column: _best(table[column]) for column in (f"{axis}_mean" for axis in axes)}
     if paper:
         best.update({column: _best(table[column]) for column in ("paper_image", "paper_text")})
     up_md, up_tex = ARROW["md"], ARROW["tex"]
-    header = f"| | image ({image_metric}) {up_md} | text ({text_metric}) {up_md} | subjects |"
-    rule = "|---|---|---|---|"
+    header = (f"| | image ({image_metric}) {up_md} | text ({text_metric}) {up_md} |"
+              + "".join(f" {m} {up_md} |" for m in extra_metrics) + " subjects |")
+    rule = "|---|---|---|" + "---|" * len(extra_metrics) + "---|"
     if paper:
         header += f" paper image {up_md} | paper text {up_md} | paper image inside | paper text inside |"
         rule += "---|---|---|---|"
@@ -242,23 +248,21 @@ def write(table: pd.DataFrame, out_dir, name: str, title: str, image_metric: str
             lines.append(f"**Warning**: the paper's numbers correspond to preset `{paper_from}`, these runs used "
                          f"`{preset}`: the protocols differ, so compare with care.")
     lines += [_references_line(table, bool(paper)), "", header, rule]
-    columns = "lccccc" if paper else "lccc"
+    columns = "l" + "c" * (len(axes) + 1) + ("cc" if paper else "")
     tex = [r"% needs \usepackage{booktabs}", f"\\begin{{tabular}}{{{columns}}}", r"\toprule",
-           f"& Image ({_latex(image_metric)}) {up_tex} & Text ({_latex(text_metric)}) {up_tex} & Subjects"
+           f"& Image ({_latex(image_metric)}) {up_tex} & Text ({_latex(text_metric)}) {up_tex}"
+           + "".join(f" & {_latex(m)} {up_tex}" for m in extra_metrics) + " & Subjects"
            + (f" & Paper image {up_tex} & Paper text {up_tex}" if paper else "") + " \\\\", r"\midrule"]
-    for i, r in enumerate(table.itertuples()):
-        shown = names.get(r.label, r.label)
-        image = [r.image_mean, r.image_ci_low, r.image_ci_high, best["image_mean"][i]]
-        text = [r.text_mean, r.text_ci_low, r.text_ci_high, best["text_mean"][i]]
-        notes = [getattr(r, "image_note", ""), getattr(r, "text_note", "")]
-        line = f"| {shown} | {_fmt(*image, note=notes[0])} | {_fmt(*text, note=notes[1])} | {r.subjects} |"
-        row = (f"{_latex(shown)} & {_fmt(*image, fmt='tex', note=notes[0])} & {_fmt(*text, fmt='tex', note=notes[1])}"
-               f" & {r.subjects}")
+    for i, r in enumerate(table.to_dict("records")):
+        shown = names.get(r["label"], r["label"])
+        cells = [([r[f"{a}_mean"], r[f"{a}_ci_low"], r[f"{a}_ci_high"], best[f"{a}_mean"][i]], r.get(f"{a}_note", ""))
+                 for a in axes]
+        line = "| " + " | ".join([shown, *(_fmt(*v, note=note) for v, note in cells), r["subjects"]]) + " |"
+        row = " & ".join([_latex(shown), *(_fmt(*v, fmt="tex", note=note) for v, note in cells), r["subjects"]])
         if paper:
-            pi, pt = (_paper_value(getattr(r, c), best[c][i], "md") for c in ("paper_image", "paper_text"))
-            line += f" {pi} | {pt} | {_yes_no(r.paper_image_inside)} | {_yes_no(r.paper_text_inside)} |"
-            row += "".join(f" & {_paper_value(getattr(r, c), best[c][i], 'tex')}"
-                           for c in ("paper_image", "paper_text"))
+            pi, pt = (_paper_value(r[c], best[c][i], "md") for c in ("paper_image", "paper_text"))
+            line += f" {pi} | {pt} | {_yes_no(r['paper_image_inside'])} | {_yes_no(r['paper_text_inside'])} |"
+            row += "".join(f" & {_paper_value(r[c], best[c][i], 'tex')}" for c in ("paper_image", "paper_text"))
         lines.append(line)
         tex.append(row + " \\\\")
     tex += [r"\bottomrule", r"\end{tabular}"]
@@ -269,12 +273,12 @@ def write(table: pd.DataFrame, out_dir, name: str, title: str, image_metric: str
 
 
 def main_table(summary, out_dir, image_metric: str, text_metric: str, model_label: str, paper: str | None = None,
-               preset: str | None = None):
+               preset: str | None = None, extra_metrics: tuple[str, ...] = ()):
     summary = _read_summary(summary)
     present = list(dict.fromkeys(summary["method"]))
     # the paper's order, then any other method (a newly registered one) in the summary's order
     methods = [m for m in METHOD_ORDER if m in present] + [m for m in present if m not in METHOD_ORDER]
-    table = fidelity_rows(summary, image_metric, text_metric, methods)
+    table = fidelity_rows(summary, image_metric, text_metric, methods, tuple(extra_metrics))
     table.insert(0, "model", model_label)
     if preset:
         table.insert(1, "preset", preset)
@@ -282,7 +286,7 @@ def main_table(summary, out_dir, image_metric: str, text_metric: str, model_labe
     if numbers:
         table = with_paper(table, numbers)
     write(table, out_dir, "main", f"Main table: {model_label}", image_metric, text_metric,
-          numbers, {m: display_name(m) for m in methods}, preset, paper_preset(paper))
+          numbers, {m: display_name(m) for m in methods}, preset, paper_preset(paper), tuple(extra_metrics))
     return table
 
 

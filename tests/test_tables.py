@@ -149,6 +149,29 @@ def test_readers_see_arrows_bold_best_values_and_booktabs_while_the_csv_stays_pl
     assert pd.read_csv(tmp_path / "out" / "main.csv")["label"].tolist() == ["ti", "crossinit", "dti"]
 
 
+def test_extra_metrics_are_columns_after_text_with_their_own_intervals_and_best(tmp_path):
+    """The mini world's main table adds the read-out's measures (`--extra-metric`): each a column of its own,
+    its best in bold, its numbers in the CSV; a metric the summary lacks is a one-line error."""
+    summary = summary_of(tmp_path, "main", {"ti": ((0.8, 0.9), (0.1, 0.2)), "dti": ((0.3, 0.4), (0.45, 0.55))})
+    frame = pd.read_csv(summary)
+    extra = pd.DataFrame([{"method": m, "metric": "attr_prompt", "mean": v, "ci_low": v - 0.1, "ci_high": v + 0.1,
+                           "n_subjects": 2, "n_expected_subjects": 2} for m, v in (("ti", 0.55), ("dti", 0.9))])
+    pd.concat([frame, extra]).to_csv(summary, index=False)
+    table = tables.main_table(summary, tmp_path / "out", "dinov2", "siglip", "mini", extra_metrics=("attr_prompt",))
+    assert table.set_index("label")["attr_prompt_mean"].to_dict() == pytest.approx({"ti": 0.55, "dti": 0.9})
+    md = (tmp_path / "out" / "main.md").read_text().splitlines()
+    assert "| | image (dinov2) ↑ | text (siglip) ↑ | attr_prompt ↑ | subjects |" in md
+    assert "|---|---|---|---|---|" in md
+    rows = {line.split(" | ")[0][2:]: line for line in md if line.startswith("| ") and "---" not in line}
+    assert rows["DTI"].endswith("| **0.900** [0.800, 1.000] | 2/2 |")
+    assert rows["TI"].endswith("| 0.550 [0.450, 0.650] | 2/2 |")
+    tex = (tmp_path / "out" / "main.tex").read_text().splitlines()
+    assert r"\begin{tabular}{lcccc}" in tex and r"attr\_prompt $\uparrow$ & Subjects" in tex[3]
+    assert pd.read_csv(tmp_path / "out" / "main.csv")["attr_prompt_ci_high"].tolist() == pytest.approx([0.65, 1.0])
+    with pytest.raises(DTIError, match="no 'attr_subject' scores for 'ti' in the summary"):
+        tables.main_table(summary, tmp_path / "out2", "dinov2", "siglip", "mini", extra_metrics=("attr_subject",))
+
+
 @pytest.mark.parametrize("label,shown", [
     ("rsgd, m*=mean, kappa=0.0", "kappa = 0"), ("rsgd, m*=mean, kappa=0.0005", "kappa = 5e-4"),
     ("adamw, m*=mean, kappa=0.0001", "AdamW"), ("rsgd, m*=min, kappa=0.0001", "m* = min"),

@@ -34,11 +34,12 @@ def train_runs(command: str) -> list[dict]:
 
 
 # (config file, extra --config, expected job counts): 30 DreamBooth subjects, 3 trained methods
-# + TI-rescaled, 5 ablation cells on SDXL. Training, rescaling, sampling and scoring jobs: one per method (or cell)
-# and seed on the mini world (all subjects in one group), one per run on the GPU configurations (runs_per_job: 1).
+# + TI-rescaled, 5 ablation cells on SDXL; the mini world at 3 training seeds, 6 ablation cells at one.
+# Training, rescaling, sampling and scoring jobs: one per method (or cell) and seed on the mini world (all
+# subjects in one group), one per run on the GPU configurations (runs_per_job: 1).
 PLANS = [
-    ("mini.yaml", [], {"train": 3, "rescale": 1, "sample": 4, "score": 4, "train_ablation": 5, "sample_ablation": 5,
-                      "score_ablation": 5, "ablation_cell": 5, "interpolation": 2, "main_table": 1,
+    ("mini.yaml", [], {"train": 9, "rescale": 3, "sample": 12, "score": 12, "train_ablation": 6, "sample_ablation": 6,
+                      "score_ablation": 6, "ablation_cell": 6, "interpolation": 2, "main_table": 1,
                       "ablation_table": 1}),
     ("smoke.yaml", [], {"train": 2, "rescale": 1, "sample": 3, "score": 3, "train_ablation": 2, "sample_ablation": 2,
                        "score_ablation": 2, "ablation_cell": 2, "interpolation": 2, "main_table": 1,
@@ -83,6 +84,25 @@ def test_the_default_subjects_are_the_test_split(tmp_path):
                       f"subjects=[ember_triangle,lagoon_circle,sun_star,{validation[0]}]", cores=8)
     assert named.returncode == 0, named.stderr[-2000:]
     assert f"/{validation[0]}/seed0" in named.stdout
+
+
+def test_the_default_records_its_calibration():
+    """experiments/mini.yaml runs the kappa, the kappa cells and the AdamW lr that the committed calibration
+    (experiments/mini/calibration/, `snakemake calibration` on the validation subjects) chose, to 3 digits."""
+    config = yaml.safe_load((ROOT / "experiments" / "mini.yaml").read_text())
+    chosen = json.loads((ROOT / "experiments" / "mini" / "calibration" / "calibration.json").read_text())
+    dti = config["train_by_method"]["dti"]
+    assert dti["kappa"] == pytest.approx(chosen["kappa"]["chosen"], rel=1e-3)
+    assert dti["adamw_lr"] == pytest.approx(chosen["adamw_lr"]["chosen"], rel=1e-3)
+    cells = config["ablation"]["cells"]
+    kappas = sorted(c["kappa"] for c in cells if c["direction_optimizer"] == "rsgd" and c["m_star"] == "mean")
+    assert kappas == pytest.approx([0.0, *sorted(chosen["kappa"]["cells"].values())], rel=1e-3)
+    assert all(c["kappa"] == dti["kappa"] for c in cells if (c["direction_optimizer"], c["m_star"]) != ("rsgd", "mean"))
+    assert chosen["kappa"]["target_prior_ratio"] == config["calibration"]["target_prior_ratio"]
+    from dti.data import read_subjects
+
+    table = read_subjects(ROOT / "experiments" / "mini" / "world" / "subjects.csv")
+    assert sorted(chosen["subjects"]) == sorted(r["subject"] for r in table if r["split"] == "validation")
 
 
 def test_calibration_trains_only_validation_subjects_a_group_per_arm(tmp_path):

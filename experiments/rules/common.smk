@@ -370,6 +370,8 @@ PRESET_OPTION = f"--preset {shlex.quote(PRESET)}" if PRESET else ""  # the table
 MASKS = f"--masks {shlex.quote(DATA['masks'])}" if DATA.get("masks") else ""
 IMAGE_METRIC, TEXT_METRIC = {"paper": ("dinov2", "siglip"), "dreambooth": ("dino", "clip_t"),
                              "mini": ("mini_object", "mini_clip_t")}[SCORE["protocol"]]
+# the main table's further columns: the mini world's exact measures (the read-out's prompted attributes and identity)
+EXTRA_MAIN_METRICS = {"mini": ("attr_prompt", "attr_subject")}.get(SCORE["protocol"], ())
 
 
 def scores_of(prefix, methods, subjects, seeds=None):

@@ -53,7 +53,8 @@ rule main_table:
     output: md=report(f"{OUT}/tables/main.md", caption="../report/main_table.rst", category="Tables"),
             csv=f"{OUT}/tables/main.csv", tex=f"{OUT}/tables/main.tex"
     params:
-        metrics=f"--image-metric {IMAGE_METRIC} --text-metric {TEXT_METRIC}",
+        metrics=f"--image-metric {IMAGE_METRIC} --text-metric {TEXT_METRIC}"
+                + "".join(f" --extra-metric {m}" for m in EXTRA_MAIN_METRICS),
         label=config["name"],
         paper=PAPER_OPTION,
         preset=PRESET_OPTION,
