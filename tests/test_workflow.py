@@ -80,8 +80,10 @@ def test_the_default_subjects_are_the_test_split(tmp_path):
     assert all(f"/{s}/seed0" in plan.stdout for s in test)
     assert not any(s in plan.stdout for s in validation)
     # (with the subjects the configuration's ablation and interpolation use)
+    config = yaml.safe_load((ROOT / "experiments" / "mini.yaml").read_text())
+    needed = list(dict.fromkeys(config["ablation"]["subjects"] + config["analyses"]["interpolation"]))
     named = snakemake("-n", "-p", "--configfile", "experiments/mini.yaml", "--config", f"results_dir={tmp_path}",
-                      f"subjects=[ember_triangle,lagoon_circle,sun_star,{validation[0]}]", cores=8)
+                      f"subjects=[{','.join(needed)},{validation[0]}]", cores=8)
     assert named.returncode == 0, named.stderr[-2000:]
     assert f"/{validation[0]}/seed0" in named.stdout
 
