@@ -84,10 +84,10 @@ def save_figure(fig, out_dir: Path, name: str, caption: str):
     plt.close(fig)
 
 
-def write_csv(df: pd.DataFrame, path: Path):
+def write_csv(df: pd.DataFrame, path: Path, float_format: str | None = None):
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
-        df.to_csv(tmp, index=False)
+        df.to_csv(tmp, index=False, float_format=float_format)
 
 
 # Offsets tried around a point (points; text alignment), nearest first: right, above, left, below, diagonals.

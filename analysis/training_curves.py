@@ -137,7 +137,9 @@ def main(argv=None):
     figures.mkdir(parents=True, exist_ok=True)
     tables.mkdir(parents=True, exist_ok=True)
     df, vocab, labels = load_logs(args.runs)
-    write_csv(df, tables / "training_curves.csv")
+    # the logged values are float32: 7 significant digits keep all of them (the float64 repr of a float32 is
+    # twice as long, and this table has a row per step of every run)
+    write_csv(df, tables / "training_curves.csv", float_format="%.7g")
     write_csv(final_norms(args.runs), tables / "final_norms.csv")
     plot_norm_growth(df, vocab, figures, labels)
     plot_cosine_drift(df, figures, labels)
