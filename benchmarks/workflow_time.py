@@ -1,7 +1,8 @@
 """Where the default workflow's time goes, and what training runs in groups buys.
 
     python benchmarks/workflow_time.py groups   [--sizes 1 2 4 8 16] [--steps 40]
-    python benchmarks/workflow_time.py workflow [--configfile experiments/mini.yaml] [--cores 8]
+    python benchmarks/workflow_time.py [--json FILE] workflow [--configfile experiments/mini.yaml] [--cores 8]
+                                       [--results-dir DIR] [--log FILE]
 
 ``groups``: training throughput on the mini world's shipped pipeline, one process, the workflow's
 settings (resolution 32, batch 4, posterior means): for each group size G, G DTI runs (the world's
@@ -10,17 +11,19 @@ subjects in turn, each its own placeholder and seed) load the pipeline once and 
 run-steps per second (G x steps / seconds), ms per run-step, the speed-up over G = 1, and the
 seconds to load the pipeline and set the runs up (what every training process pays once).
 
-``workflow``: a fresh ``snakemake --cores N`` of a configuration into a temporary results folder,
-timed from launch to exit, split by stage (training, sampling, scoring, rescaling, analyses and
-tables) from the times Snakemake logs as each job starts and ends (1 s resolution): per stage the
-jobs, their summed seconds (jobs side by side add up to more than the wall time) and the wall
-seconds while any of them ran; start-up is launch to the first job. Nothing else should run on the
-machine meanwhile.
+``workflow``: a fresh ``snakemake --cores N`` of a configuration into a temporary results folder (or
+``--results-dir``, whose folder of that configuration must not exist yet), timed from launch to exit,
+split by stage (training, sampling, scoring, rescaling, analyses and tables) from the times Snakemake
+logs as each job starts and ends (1 s resolution): per stage the jobs, their summed seconds (jobs side
+by side add up to more than the wall time) and the wall seconds while any of them ran; start-up is
+launch to the first job. Nothing else should run on the machine meanwhile. A failed run (a reference
+check that does not pass comes last) is still timed, and exits 1.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -30,6 +33,8 @@ import tempfile
 import time
 from datetime import datetime
 from pathlib import Path
+
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 WORLD = ROOT / "experiments" / "mini" / "world"
@@ -112,19 +117,26 @@ def union_seconds(intervals: list[tuple[datetime, datetime]]) -> float:
     return total
 
 
-def workflow_time(configfile: str | None, cores: int, log: str | None = None) -> dict:
-    with tempfile.TemporaryDirectory(prefix="workflow_time_") as tmp:
-        cmd = [sys.executable, "-m", "snakemake", "--cores", str(cores), "--config", f"results_dir={tmp}"]
+def workflow_time(configfile: str | None, cores: int, log: str | None = None, results_dir: str | None = None) -> dict:
+    """``results_dir``: where the run writes (its configuration's folder there must not exist: a fresh run);
+    default a temporary folder, removed after."""
+    with contextlib.ExitStack() as stack:
+        if results_dir is None:
+            results_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="workflow_time_"))
+        cmd = [sys.executable, "-m", "snakemake", "--cores", str(cores), "--config", f"results_dir={results_dir}"]
         if configfile:
             cmd[3:3] = ["--configfile", configfile]
+        name = yaml.safe_load(Path(configfile or ROOT / "experiments" / "mini.yaml").read_text())["name"]
+        if (Path(results_dir) / name).exists():
+            raise SystemExit(f"{Path(results_dir) / name} exists: a timed run starts fresh; move it away first")
         launched = datetime.now().replace(microsecond=0)
         start = time.perf_counter()
         run = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, stdin=subprocess.DEVNULL)
         wall = time.perf_counter() - start
         if log:  # Snakemake's own output: every job's start and end, for a closer look than the stages
             Path(log).write_text(run.stdout + run.stderr)
-        if run.returncode != 0:
-            raise SystemExit(f"snakemake failed:\n{run.stderr[-3000:]}")
+        if run.returncode != 0:  # still timed (a failed reference check comes last), and said so
+            print(f"snakemake failed (exit {run.returncode}):\n{run.stderr[-3000:]}", file=sys.stderr)
     jobs = job_intervals(run.stdout + run.stderr)
     stages = {}
     for stage in sorted({stage_of(rule) for rule, _, _ in jobs}):
@@ -133,7 +145,8 @@ def workflow_time(configfile: str | None, cores: int, log: str | None = None) ->
                          "wall_seconds": union_seconds(mine)}
     first = min((a for _, a, _ in jobs), default=None)
     return {"wall_s": wall, "jobs": len(jobs), "startup_s": (first - launched).total_seconds() if first else None,
-            "stages": stages, "config": configfile or "experiments/mini.yaml", "cores": cores}
+            "stages": stages, "config": configfile or "experiments/mini.yaml", "cores": cores,
+            "returncode": run.returncode}
 
 
 def main():
@@ -146,6 +159,7 @@ def main():
     w.add_argument("--configfile", help="configuration (default: the mini world's)")
     w.add_argument("--cores", type=int, default=8)
     w.add_argument("--log", help="also keep Snakemake's output in this file")
+    w.add_argument("--results-dir", help="write the run's results here (default: a temporary folder, removed)")
     parser.add_argument("--json", help="also write the result to this JSON file")
     args = parser.parse_args()
     if args.what == "groups":
@@ -155,15 +169,17 @@ def main():
             print(f"| {r['group']} | {r['run_steps_per_s']:.1f} | {r['ms_per_run_step']:.2f} | "
                   f"{r['speedup']:.2f} | {r['setup_s']:.1f} |")
     else:
-        result = workflow_time(args.configfile, args.cores, args.log)
+        result = workflow_time(args.configfile, args.cores, args.log, args.results_dir)
+        startup = "n/a" if result["startup_s"] is None else f"{result['startup_s']:.0f} s"
         print(f"{result['config']}: {result['jobs']} jobs, wall {result['wall_s'] / 60:.1f} min "
-              f"({result['wall_s']:.0f} s), start-up {result['startup_s']:.0f} s")
+              f"({result['wall_s']:.0f} s), start-up {startup}")
         print("| stage | jobs | job seconds | wall seconds while it ran |\n|---|---|---|---|")
         for stage, s in result["stages"].items():
             print(f"| {stage} | {s['jobs']} | {s['job_seconds']:.0f} | {s['wall_seconds']:.0f} |")
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+    return 0 if args.what == "groups" or result["returncode"] == 0 else 1
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -343,6 +343,10 @@ def claims_markdown(table: pd.DataFrame, paper: str | None, metrics: dict) -> st
         effect = " ".join(x for x in (_number(r.effect), interval, f"({r.note})" if r.note else "") if x)
         reported = " ".join(x for x in (_number(r.paper), f"({r.paper_note})" if r.paper_note else "") if x)
         lines.append(f"| {r.statement} | {r.measure} | {r.n} | {effect} | {reported} | {r.verdict} |")
+    kinds = table["verdict"].str.split(" \\(").str[0]  # "inconclusive (n=3)" -> "inconclusive"
+    counts = [f"{(kinds == k).sum()} {k}" for k in ("reproduced", "contradicted", "inconclusive", "not measured")
+              if k != "not measured" or (kinds == k).any()]
+    lines += ["", f"Of {len(table)} claims: {', '.join(counts)}."]
     return "\n".join(lines) + "\n"
 
 

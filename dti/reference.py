@@ -2,18 +2,23 @@
 
     python -m dti.reference save  --results results/mini --reference results/reference/mini
     python -m dti.reference check --results results/mini --reference results/reference/mini
+    python -m dti.reference readme --readme experiments/mini/README.md --reference results/reference/mini
 
 ``save`` copies the tables (CSV, Markdown, LaTeX) and figures (PNG, captions) of a finished
-run. ``check`` compares every numeric column of the reference's CSV tables with the fresh
-run's, cell by cell, and fails naming the first cell off by more than the tolerance (absolute,
-default 0.02: runs on another CPU or library build differ in the last bits, and sampling
-amplifies that a little; a change of method or protocol moves scores far more).
+run. ``readme`` writes the reference's tables into a README between the marker lines
+``<!-- table: tables/claims.md -->`` and ``<!-- end table -->`` (the path relative to the
+reference), so that a README shows the committed tables as they were generated, not copies.
+``check`` compares every numeric column of the reference's CSV tables with the fresh run's, cell
+by cell, and fails naming the first cell off by more than the tolerance (absolute, default 0.02:
+runs on another CPU or library build differ in the last bits, and sampling amplifies that a
+little; a change of method or protocol moves scores far more).
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -21,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .io import DTIError, one_line
+from .io import DTIError, atomic_path, one_line
 
 TABLES = ("main.csv", "ablation.csv", "final_norms.csv", "vocab_norms.csv", "positional_probe.csv", "claims.csv",
           "main_scores/per_subject.csv", "main_scores/paired.csv", "step_sizes.csv")
@@ -115,15 +120,42 @@ def compare(results: Path, reference: Path, tolerance: float = TOLERANCE) -> lis
     return problems
 
 
+README_BLOCK = re.compile(r"(<!-- table: (?P<path>[^ ]+) -->\n)(?P<body>.*?)(<!-- end table -->)", re.S)
+
+
+def fill_readme(text: str, reference: Path) -> str:
+    """``text`` with each marked block replaced by the reference's file it names."""
+    def table(m: re.Match) -> str:
+        path = reference / m.group("path")
+        if not path.is_file():
+            raise DTIError(f"the README names {m.group('path')}, which {reference} does not have")
+        return m.group(1) + path.read_text().rstrip("\n") + "\n" + m.group(4)
+
+    return README_BLOCK.sub(table, text)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m dti.reference", description=__doc__.splitlines()[0])
-    parser.add_argument("action", choices=["save", "check"])
-    parser.add_argument("--results", required=True, help="a finished run's results folder, e.g. results/mini")
+    parser.add_argument("action", choices=["save", "check", "readme"])
+    parser.add_argument("--results", help="save, check: a finished run's results folder, e.g. results/mini")
+    parser.add_argument("--readme", help="readme: the README whose marked blocks get the reference's tables")
     parser.add_argument("--reference", required=True, help="the committed reference, e.g. results/reference/mini")
     parser.add_argument("--tolerance", type=float, default=TOLERANCE, help=f"absolute, >= 0 (default {TOLERANCE})")
     args = parser.parse_args(argv)
-    results, reference = Path(args.results), Path(args.reference)
+    needed = "--readme" if args.action == "readme" else "--results"
+    if getattr(args, needed[2:]) is None:
+        parser.error(f"{args.action} needs {needed}")
+    reference = Path(args.reference)
     try:
+        if args.action == "readme":
+            readme = Path(args.readme)
+            if not readme.is_file():
+                raise DTIError(f"{readme} is not a file")
+            text = fill_readme(readme.read_text(), reference)
+            with atomic_path(readme) as tmp:
+                tmp.write_text(text)
+            return 0
+        results = Path(args.results)
         if args.action == "save":
             save(results, reference)
             return 0

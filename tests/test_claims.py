@@ -138,6 +138,9 @@ def test_write_claims_writes_csv_and_markdown(results, tmp_path):
     md = (out / "claims.md").read_text()
     assert "| DTI's text fidelity exceeds TI's | text: DTI - TI | 5 | +0.210 [" in md
     assert "n too small for an interval: n=3 < 5" in md and "| not measured |" in md
+    kinds = [v.split(" (")[0] for v in written["verdict"]]
+    tally = ", ".join(f"{kinds.count(k)} {k}" for k in ("reproduced", "contradicted", "inconclusive", "not measured"))
+    assert md.rstrip().endswith(f"Of {len(written)} claims: {tally}.")
     assert sorted(p.name for p in out.iterdir()) == ["claims.csv", "claims.md"]  # no temporary file left
     claims.write_claims(results)
     assert (results / "tables" / "claims.md").read_text() == md

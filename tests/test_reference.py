@@ -2,6 +2,7 @@
 
 import pandas as pd
 
+from conftest import ROOT
 from dti import reference
 
 
@@ -62,3 +63,26 @@ def test_a_vacuous_check_fails(tmp_path, capsys):
     # unchanged: a real difference, a real match
     assert _run(capsys, "check", "--results", str(far), "--reference", str(ref))[0] == 1
     assert _run(capsys, "check", "--results", str(ref), "--reference", str(ref), "--tolerance", "0")[0] == 0
+
+
+def test_readme_blocks_get_the_reference_tables(tmp_path, capsys):
+    (tmp_path / "ref" / "tables").mkdir(parents=True)
+    (tmp_path / "ref" / "tables" / "claims.md").write_text("| claim | verdict |\n|---|---|\n| a | reproduced |\n")
+    readme = tmp_path / "README.md"
+    readme.write_text("Intro.\n<!-- table: tables/claims.md -->\nan old copy\n<!-- end table -->\nAfter.\n")
+    assert reference.main(["readme", "--readme", str(readme), "--reference", str(tmp_path / "ref")]) == 0
+    assert readme.read_text() == ("Intro.\n<!-- table: tables/claims.md -->\n| claim | verdict |\n|---|---|\n"
+                                  "| a | reproduced |\n<!-- end table -->\nAfter.\n")
+    # a block naming a table the reference lacks: refused, the README as it was
+    readme.write_text("<!-- table: tables/main.md -->\nx\n<!-- end table -->\n")
+    code, _, err = _run(capsys, "readme", "--readme", str(readme), "--reference", str(tmp_path / "ref"))
+    assert code == 2 and len(err) == 1 and "tables/main.md" in err[0]
+    assert readme.read_text() == "<!-- table: tables/main.md -->\nx\n<!-- end table -->\n"
+
+
+def test_the_mini_readme_shows_the_committed_tables():
+    """Its results section is the reference's generated tables (claims included), not a hand copy."""
+    readme = ROOT / "experiments" / "mini" / "README.md"
+    text = readme.read_text()
+    assert "<!-- table: tables/claims.md -->" in text and "<!-- table: tables/main.md -->" in text
+    assert reference.fill_readme(text, ROOT / "results" / "reference" / "mini") == text

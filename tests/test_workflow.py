@@ -35,10 +35,10 @@ def train_runs(command: str) -> list[dict]:
 
 # (config file, extra --config, expected job counts): 30 DreamBooth subjects, 3 trained methods
 # + TI-rescaled, 5 ablation cells on SDXL; the mini world at 3 training seeds, 6 ablation cells at one.
-# Training, rescaling, sampling and scoring jobs: one per method (or cell) and seed on the mini world (all
-# subjects in one group), one per run on the GPU configurations (runs_per_job: 1).
+# Training, rescaling, sampling and scoring jobs: one per method (or cell) on the mini world (all subjects and
+# seeds in one group), one per run on the GPU configurations (runs_per_job: 1).
 PLANS = [
-    ("mini.yaml", [], {"train": 9, "rescale": 3, "sample": 12, "score": 12, "train_ablation": 6, "sample_ablation": 6,
+    ("mini.yaml", [], {"train": 3, "rescale": 1, "sample": 4, "score": 4, "train_ablation": 6, "sample_ablation": 6,
                       "score_ablation": 6, "ablation_cell": 6, "interpolation": 2, "main_table": 1,
                       "ablation_table": 1}),
     ("smoke.yaml", [], {"train": 2, "rescale": 1, "sample": 3, "score": 3, "train_ablation": 2, "sample_ablation": 2,
@@ -182,6 +182,16 @@ def test_ablation_cells_train_at_their_own_seeds(tmp_path):
     cells = [r for r in runs if "/ablation/" in r["out"]]
     assert cells and {r["seed"] for r in cells} == {1}
     assert {r["seed"] for r in runs if "/ablation/" not in r["out"]} == {0, 1}
+    # a method's seeds train in one job, so their runs, which share its tokenizer, name their seed in their
+    # placeholders; a cell at one seed keeps the plain <subject>
+    jobs = [train_runs(c) for c in shell_commands(plan.stdout) if " -m dti train " in c]
+    for job in jobs:
+        assert len({r["placeholder"] for r in job}) == len(job)
+        if "/ablation/" not in job[0]["out"]:
+            assert {r["seed"] for r in job} == {0, 1}
+    seed1 = {r["placeholder"] for r in runs if r["out"].endswith("/runs/ti/ember_triangle/seed1")}
+    assert seed1 == {"<ember_triangle-s1>"}
+    assert {r["placeholder"] for r in cells if "/ember_triangle/" in r["out"]} == {"<ember_triangle>"}
     bad = snakemake("-n", "--configfile", smoke_with(tmp_path, {"ablation": {"seeds": [3]}}, "bad.yaml"),
                     "--config", f"results_dir={tmp_path}")
     assert bad.returncode != 0 and "config ablation.seeds: 3 is not a training seed" in bad.stdout + bad.stderr
@@ -303,7 +313,7 @@ def test_injected_values_reach_a_real_job_as_literal_text(tmp_path):
     finally:
         (ROOT / "INJECTED").unlink(missing_ok=True)
     assert run.returncode != 0
-    log = (results / "smoke" / "logs" / "train" / "ti_seed0_part0.log").read_text()
+    log = (results / "smoke" / "logs" / "train" / "ti_part0.log").read_text()
     assert f"unknown template set {injected!r}" in log, log[-2000:]
 
 

@@ -10,39 +10,39 @@ ABLATION_SEEDS = ABLATION.get("seeds") or SEEDS  # training seeds of the cells, 
 CELL = f"{OUT}/ablation/{CELLS.wildcard_pattern}"  # one cell's folder, with the cell's wildcards
 
 
-ABLATION_PARTS = subject_parts(ABLATION_SUBJECTS)
+ABLATION_PARTS = run_parts(ABLATION_SUBJECTS, ABLATION_SEEDS)
 
 for _k, _part in enumerate(ABLATION_PARTS):
 
     rule:
         name: part_rule_name("train_ablation", _k, ABLATION_PARTS)
         input: MODEL_INPUT, images=IMAGES_INPUT
-        output: embeds=[run_embeds("dti", subject, "{seed}", prefix=CELL) for subject in _part]
-        wildcard_constraints: seed=r"\d+"
+        output: embeds=[run_embeds("dti", subject, seed, prefix=CELL) for subject, seed in _part]
         params:
-            **train_params(runs=lambda wildcards, part=_part: [("dti", subject, run_dir("dti", subject, wildcards.seed,
-                                                                                      CELL.format(**wildcards)),
-                                                                wildcards.seed)
-                                                               for subject in part],
-                           settings=lambda wildcards: settings({**method_train("dti"), **CELLS.instance(wildcards)})),
+            **train_params(runs=lambda wildcards, part=_part: [("dti", subject,
+                                                                run_dir("dti", subject, seed, CELL.format(**wildcards)),
+                                                                seed)
+                                                               for subject, seed in part],
+                           settings=lambda wildcards: settings({**method_train("dti"), **CELLS.instance(wildcards)}),
+                           seeds=ABLATION_SEEDS),
         threads: threads("train")
         resources: **train_resources(len(_part))
-        log: log_of("ablation", CELLS.wildcard_pattern, f"seed{{seed}}_part{_k}.log")
-        benchmark: benchmark_of("ablation", CELLS.wildcard_pattern, f"seed{{seed}}_part{_k}.tsv")
+        priority: TRAIN_PRIORITY["ablation"]
+        log: log_of("ablation", CELLS.wildcard_pattern, f"part{_k}.log")
+        benchmark: benchmark_of("ablation", CELLS.wildcard_pattern, f"part{_k}.tsv")
         group: CLUSTER_GROUP
         conda: CONDA_ENV
         shell: TRAIN_COMMAND
 
     rule:
         name: part_rule_name("sample_ablation", _k, ABLATION_PARTS)
-        input: runs=[run_embeds("dti", subject, "{seed}", prefix=CELL) for subject in _part], world=WORLD_FILES
+        input: runs=[run_embeds("dti", subject, seed, prefix=CELL) for subject, seed in _part], world=WORLD_FILES
         output: manifests=[os.path.join(folder, MANIFEST) for folder in run_files(SAMPLES, CELL, "dti", _part)]
-        wildcard_constraints: seed=r"\d+"
         params: **sample_params(CELL, "dti", _part)
         threads: threads("sample")
         resources: **job_resources("sample")
-        log: f"{CELL}/logs/sample/dti_seed{{seed}}_part{_k}.log"
-        benchmark: f"{CELL}/benchmarks/sample/dti_seed{{seed}}_part{_k}.tsv"
+        log: f"{CELL}/logs/sample/dti_part{_k}.log"
+        benchmark: f"{CELL}/benchmarks/sample/dti_part{_k}.tsv"
         group: CLUSTER_GROUP
         conda: CONDA_ENV
         shell: SAMPLE_COMMAND
@@ -52,12 +52,11 @@ for _k, _part in enumerate(ABLATION_PARTS):
         input: manifests=[os.path.join(folder, MANIFEST) for folder in run_files(SAMPLES, CELL, "dti", _part)],
                images=IMAGES_INPUT
         output: scores=run_files(SCORES, CELL, "dti", _part)
-        wildcard_constraints: seed=r"\d+"
         params: **score_params(CELL, "dti", _part)
         threads: threads("score")
         resources: **job_resources("score")
-        log: f"{CELL}/logs/score/dti_seed{{seed}}_part{_k}.log"
-        benchmark: f"{CELL}/benchmarks/score/dti_seed{{seed}}_part{_k}.tsv"
+        log: f"{CELL}/logs/score/dti_part{_k}.log"
+        benchmark: f"{CELL}/benchmarks/score/dti_part{_k}.tsv"
         group: CLUSTER_GROUP
         conda: CONDA_ENV
         shell: SCORE_COMMAND

@@ -12,7 +12,8 @@ if CALIBRATION_RUNS:
         output: embeds=CALIBRATION_EMBEDS
         wildcard_constraints: arm="|".join(re.escape(arm) for arm in CALIBRATION_ARMS)
         params:
-            **train_params(runs=calibration_runs, settings=lambda wildcards: settings(method_train("dti"))),
+            **train_params(runs=calibration_runs, settings=lambda wildcards: settings(method_train("dti")),
+                           seeds=CALIBRATION.get("seeds", [0])),
         threads: threads("train")
         resources: **train_resources(len(CALIBRATION_RUNS))
         log: log_of("calibration", "train_{arm}.log")

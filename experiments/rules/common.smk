@@ -250,13 +250,20 @@ def run_embeds(method, subject, seed, prefix=OUT):
 
 # Training jobs: each trains a group of runs in one process (`dti train --run ... --run ...`): the model loads
 # once and the runs step together, one batched pass for all; each run writes its own folder, as alone. A
-# group is one method (or ablation cell) and seed on up to resources.train.runs_per_job subjects (default:
-# all of them); with more subjects than that, the subjects are split in parts of that size, in
-# configuration order, with one training rule per part, named train_part0, train_part1, ... (a single
-# part keeps the plain name, train).
-def subject_parts(subjects: list[str]) -> list[list[str]]:
-    size = resources("train").get("runs_per_job") or max(len(subjects), 1)
-    return [subjects[i:i + size] for i in range(0, len(subjects), size)]
+# group is one method (or ablation cell) with its (subject, training seed) runs, up to
+# resources.train.runs_per_job of them (default: all, every seed in one job: a method's settings are its
+# seeds' settings, so a change reruns them all anyway, and each process start costs seconds of imports).
+# With more runs than that, the runs (subject by subject, seeds within) are split in parts of that size,
+# with one training rule per part, named train_part0, train_part1, ... (a single part keeps the plain name).
+def run_parts(subjects: list[str], seeds: list) -> list[list[tuple[str, str]]]:
+    runs = [(subject, str(seed)) for subject in subjects for seed in seeds]
+    size = resources("train").get("runs_per_job") or max(len(runs), 1)
+    return [runs[i:i + size] for i in range(0, len(runs), size)]
+
+
+# Training before everything else, the main table's (larger) groups first: every other job waits on a
+# training job, and a long training job started last leaves the other cores idle at the end of a run.
+TRAIN_PRIORITY = {"main": 2, "ablation": 1}
 
 
 def part_rule_name(rule: str, k: int, parts: list) -> str:
@@ -270,15 +277,22 @@ TRAIN_COMMAND = ("{params.env} {params.gpu} python -m dti train --model {params.
                  " {params.runs} > {log:q} 2>&1")
 
 
-def train_params(runs, settings) -> dict:
+def placeholder_of(subject: str, seed, seeds: list) -> str:
+    """A run's placeholder: ``<subject>``, or ``<subject-s1>`` where a method trains several seeds of a
+    subject (its runs may share a group, whose tokenizer needs one token per run)."""
+    return f"<{subject}>" if len(seeds) == 1 else f"<{subject}-s{seed}>"
+
+
+def train_params(runs, settings, seeds) -> dict:
     """The params TRAIN_COMMAND reads. ``runs``: a function of the wildcards giving (method, subject, run
     folder, seed[, the run's own settings]) of each run of the job; ``settings``: the shared `--set` options
-    (a function of the wildcards)."""
+    (a function of the wildcards); ``seeds``: the training seeds of the job's method or cell."""
     def run_options(wildcards) -> str:
         options = []
         for method, subject, folder, seed, *own in runs(wildcards):
             run = {"out": folder, "method": method, "images": os.path.join(IMAGES_INPUT, subject),
-                   "placeholder": f"<{subject}>", "initializer": initializer_of(method, subject), "seed": int(seed)}
+                   "placeholder": placeholder_of(subject, seed, seeds), "initializer": initializer_of(method, subject),
+                   "seed": int(seed)}
             if own:
                 run["set"] = assignments(own[0])
             options.append(f"--run {shlex.quote(json.dumps(run, sort_keys=True))}")
@@ -295,31 +309,31 @@ def train_resources(runs: int) -> dict:
     return {**r, "mem_mb": r["mem_mb"] + extra * (runs - 1), "runtime": r["runtime"] * runs}
 
 
-# Sampling and scoring jobs: like training, one per group of runs (a method or ablation cell, a seed, a part of the
-# subjects): `dti sample --job ...` loads the pipeline once and `dti score --manifest ... --out ...` the metric
+# Sampling and scoring jobs: like training, one per group of runs (a method or ablation cell, a part of its
+# runs): `dti sample --job ...` loads the pipeline once and `dti score --manifest ... --out ...` the metric
 # models once for the group; each run keeps its own images, manifest and scores file.
 SAMPLES = "{prefix}/samples/{method}/{subject}/seed{seed}"  # one run's images and manifest.csv
 SCORES = "{prefix}/scores/{method}/{subject}/seed{seed}.csv"  # one run's scores
 MANIFEST = "manifest.csv"  # in a run's SAMPLES folder
 
 
-def run_files(pattern: str, prefix: str, method: str, subjects: list[str]) -> list[str]:
-    """``pattern`` (SAMPLES or SCORES) for each subject; ``prefix`` and ``method`` may be wildcards, the seed is one."""
-    return [pattern.format(prefix=prefix, method=method, subject=subject, seed="{seed}") for subject in subjects]
+def run_files(pattern: str, prefix: str, method: str, runs: list[tuple[str, str]]) -> list[str]:
+    """``pattern`` (SAMPLES or SCORES) for each (subject, seed) run; ``prefix`` and ``method`` may be wildcards."""
+    return [pattern.format(prefix=prefix, method=method, subject=subject, seed=seed) for subject, seed in runs]
 
 
 SAMPLE_COMMAND = ("{params.env} {params.gpu} python -m dti sample {params.jobs} {params.prompts} --seeds {params.seeds}"
                   " {params.settings} > {log:q} 2>&1")
 
 
-def sample_params(prefix, method, subjects) -> dict:
-    """The params SAMPLE_COMMAND reads; ``prefix`` and ``method`` may hold wildcards (filled per job)."""
+def sample_params(prefix, method, runs) -> dict:
+    """The params SAMPLE_COMMAND reads for the (subject, seed) ``runs``; ``prefix`` and ``method`` may hold
+    wildcards (filled per job)."""
     def jobs(wildcards) -> str:
         where, name = prefix.format(**wildcards), method.format(**wildcards)
-        runs = [{"run": run_dir(name, subject, wildcards.seed, where), "subject": subject,
-                 "out": SAMPLES.format(prefix=where, method=name, subject=subject, seed=wildcards.seed)}
-                for subject in subjects]
-        return " ".join(f"--job {shlex.quote(json.dumps(run, sort_keys=True))}" for run in runs)
+        return " ".join(f"--job {shlex.quote(json.dumps(job, sort_keys=True))}" for job in (
+            {"run": run_dir(name, subject, seed, where), "subject": subject,
+             "out": SAMPLES.format(prefix=where, method=name, subject=subject, seed=seed)} for subject, seed in runs))
 
     return {"jobs": jobs, "settings": settings(config["sample"].get("settings")), "seeds": SAMPLE_SEEDS,
             "prompts": (f"--prompts {shlex.quote(DATA['prompt_set'])} --prompts-file {shlex.quote(DATA['prompts_file'])}"
@@ -331,14 +345,14 @@ SCORE_COMMAND = ("{params.env} {params.gpu} python -m dti score {params.pairs} -
                  " --protocol {params.protocol:q} {params.options} --device {params.device:q} > {log:q} 2>&1")
 
 
-def score_params(prefix, method, subjects) -> dict:
-    """The params SCORE_COMMAND reads: each run's manifest and scores file, in pairs."""
+def score_params(prefix, method, runs) -> dict:
+    """The params SCORE_COMMAND reads: each (subject, seed) run's manifest and scores file, in pairs."""
     def pairs(wildcards) -> str:
         where, name = prefix.format(**wildcards), method.format(**wildcards)
         return " ".join(
-            f"--manifest {shlex.quote(os.path.join(SAMPLES.format(prefix=where, method=name, subject=s, seed=wildcards.seed), MANIFEST))}"
-            f" --out {shlex.quote(SCORES.format(prefix=where, method=name, subject=s, seed=wildcards.seed))}"
-            for s in subjects)
+            f"--manifest {shlex.quote(os.path.join(SAMPLES.format(prefix=where, method=name, subject=s, seed=seed), MANIFEST))}"
+            f" --out {shlex.quote(SCORES.format(prefix=where, method=name, subject=s, seed=seed))}"
+            for s, seed in runs)
 
     return {"pairs": pairs, "env": torch_env("score"), "gpu": gpu_wrap("score"), "device": SCORE.get("device", "auto"),
             "protocol": SCORE["protocol"], "options": " ".join(filter(None, [MODEL_IDS, ATTRIBUTES, MASKS]))}

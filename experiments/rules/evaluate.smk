@@ -1,18 +1,18 @@
 # Evaluation: sample every run's prompt set, score it, aggregate, and write the main table. Sampling and
-# scoring run in groups (common.smk): one job per method and seed (and part of the subjects), here for the main
-# table's runs, in ablation.smk for each cell's.
+# scoring run in groups (common.smk): one job per method and part of its runs (the training groups), here for
+# the main table's runs, in ablation.smk for each cell's.
 for _k, _part in enumerate(TRAIN_PARTS):
 
     rule:
         name: part_rule_name("sample", _k, TRAIN_PARTS)
-        input: runs=[run_embeds("{method}", subject, "{seed}") for subject in _part], world=WORLD_FILES
+        input: runs=[run_embeds("{method}", subject, seed) for subject, seed in _part], world=WORLD_FILES
         output: manifests=[os.path.join(folder, MANIFEST) for folder in run_files(SAMPLES, OUT, "{method}", _part)]
-        wildcard_constraints: seed=r"\d+", method=r"[a-z_]+"
+        wildcard_constraints: method=r"[a-z_]+"
         params: **sample_params(OUT, "{method}", _part)
         threads: threads("sample")
         resources: **job_resources("sample")
-        log: f"{OUT}/logs/sample/{{method}}_seed{{seed}}_part{_k}.log"
-        benchmark: f"{OUT}/benchmarks/sample/{{method}}_seed{{seed}}_part{_k}.tsv"
+        log: f"{OUT}/logs/sample/{{method}}_part{_k}.log"
+        benchmark: f"{OUT}/benchmarks/sample/{{method}}_part{_k}.tsv"
         group: CLUSTER_GROUP
         conda: CONDA_ENV
         shell: SAMPLE_COMMAND
@@ -22,12 +22,12 @@ for _k, _part in enumerate(TRAIN_PARTS):
         input: manifests=[os.path.join(folder, MANIFEST) for folder in run_files(SAMPLES, OUT, "{method}", _part)],
                images=IMAGES_INPUT
         output: scores=run_files(SCORES, OUT, "{method}", _part)
-        wildcard_constraints: seed=r"\d+", method=r"[a-z_]+"
+        wildcard_constraints: method=r"[a-z_]+"
         params: **score_params(OUT, "{method}", _part)
         threads: threads("score")
         resources: **job_resources("score")
-        log: f"{OUT}/logs/score/{{method}}_seed{{seed}}_part{_k}.log"
-        benchmark: f"{OUT}/benchmarks/score/{{method}}_seed{{seed}}_part{_k}.tsv"
+        log: f"{OUT}/logs/score/{{method}}_part{_k}.log"
+        benchmark: f"{OUT}/benchmarks/score/{{method}}_part{_k}.tsv"
         group: CLUSTER_GROUP
         conda: CONDA_ENV
         shell: SCORE_COMMAND
