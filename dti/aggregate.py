@@ -172,20 +172,14 @@ def write_tables(scores: pd.DataFrame, out_dir: str | Path, subjects: list[str] 
     return out_dir
 
 
-def _interval(low: float, high: float, note: str) -> str:
-    """``[low, high]``, or the note that says why there is none."""
-    if np.isnan(low) or np.isnan(high):
-        return note or "n/a"
-    return f"[{low:.3f}, {high:.3f}]" + (f" ({note})" if note else "")
-
-
 def summary_markdown(summary: pd.DataFrame) -> str:
     lines = ["Mean over subjects (each the mean over its training seeds); 95% BCa bootstrap interval over subjects.",
              "", "| method | metric | references | mean | 95% interval | subjects | missing images |",
              "|---|---|---|---|---|---|---|"]
     for r in summary.itertuples():
         refs = getattr(r, "references", "unmasked")
-        lines.append(f"| {r.method} | {r.metric} | {refs} | {r.mean:.3f} | {_interval(r.ci_low, r.ci_high, r.note)} | "
+        interval = stats.interval_text(r.ci_low, r.ci_high, r.note)
+        lines.append(f"| {r.method} | {r.metric} | {refs} | {r.mean:.3f} | {interval} | "
                      f"{r.n_subjects}/{r.n_expected_subjects} | {r.n_missing_images} |")
     return "\n".join(lines) + "\n"
 
@@ -197,5 +191,5 @@ def paired_markdown(paired: pd.DataFrame) -> str:
     for r in paired.itertuples():
         refs = getattr(r, "references", "unmasked")
         lines.append(f"| {r.method_a} | {r.method_b} | {r.metric} | {refs} | {r.n_subjects} | {r.diff_mean:.3f} | "
-                     f"{_interval(r.ci_low, r.ci_high, r.note)} |")
+                     f"{stats.interval_text(r.ci_low, r.ci_high, r.note)} |")
     return "\n".join(lines) + "\n"

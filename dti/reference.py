@@ -28,8 +28,9 @@ import pandas as pd
 
 from .io import DTIError, atomic_path, one_line
 
-TABLES = ("main.csv", "ablation.csv", "final_norms.csv", "vocab_norms.csv", "positional_probe.csv", "claims.csv",
-          "main_scores/per_subject.csv", "main_scores/paired.csv", "step_sizes.csv")
+TABLES = ("main.csv", "ablation.csv", "ablation_paired.csv", "final_norms.csv", "vocab_norms.csv",
+          "positional_probe.csv", "claims.csv", "main_scores/per_subject.csv", "main_scores/paired.csv",
+          "step_sizes.csv")
 # What describes the machine that ran the jobs, not the results: never saved, never compared.
 MACHINE_SPECIFIC = ("job_costs",)
 TOLERANCE = 0.02

@@ -78,6 +78,13 @@ def paired(a: pd.Series, b: pd.Series, subjects=None) -> Estimate:
     return bca(diff.to_numpy())
 
 
+def interval_text(low: float, high: float, note: str) -> str:
+    """``[low, high]``, or the note that says why there is none."""
+    if np.isnan(low) or np.isnan(high):
+        return note or "n/a"
+    return f"[{low:.3f}, {high:.3f}]" + (f" ({note})" if note else "")
+
+
 def _strict_mean(values: pd.Series) -> float:
     return float(values.mean(skipna=False))
 

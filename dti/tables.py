@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from . import stats
 from .io import DTIError, atomic_path, read_json
 from .methods import display_name
 
@@ -319,4 +320,54 @@ def ablation_table(cells: dict[str, Path], default_summary, out_dir, image_metri
              "concentration kappa); last row: the default")
     write(table, out_dir, "ablation", title, image_metric, text_metric, numbers, names, preset=preset,
           paper_from=paper_preset(paper))
+    if (Path(default_summary).parent / "per_subject.csv").is_file():  # as `dti aggregate` writes beside summary.csv
+        paired = ablation_paired(cells, default_summary)
+        with atomic_path(out_dir / "ablation_paired.csv") as tmp:
+            paired.to_csv(tmp, index=False)
+        with atomic_path(out_dir / "ablation_paired.md") as tmp:
+            tmp.write_text(ablation_paired_markdown(paired, names))
     return table
+
+
+ABLATION_PAIRED_COLUMNS = ["cell", "metric", "references", "n_subjects", "diff_mean", "ci_low", "ci_high", "note"]
+
+
+def _per_subject(summary) -> pd.DataFrame:
+    path = Path(summary).parent / "per_subject.csv"
+    if not path.is_file():
+        raise DTIError(f"{path} is missing: the paired ablation table needs every cell's per-subject scores "
+                       "(`dti aggregate` writes them beside summary.csv)")
+    frame = pd.read_csv(path)
+    frame = frame[frame["method"] == "dti"]
+    if "references" not in frame:
+        frame = frame.assign(references="")
+    return frame.set_index(["metric", "references", "subject"])["mean"]
+
+
+def ablation_paired(cells: dict[str, Path], default_summary) -> pd.DataFrame:
+    """One row per (cell, metric): the cell minus the default cell over the default's subjects, each
+    subject's difference taken after averaging its seeds (per_subject.csv), with a BCa interval
+    (dti/stats.py; none below 5 subjects, a note instead)."""
+    default = _per_subject(default_summary)
+    rows = []
+    for label, summary in cells.items():
+        cell = _per_subject(summary)
+        for (metric, references), ours in default.groupby(level=[0, 1], sort=True):
+            ours = ours.droplevel([0, 1])
+            theirs = cell[(cell.index.get_level_values(0) == metric) & (cell.index.get_level_values(1) == references)]
+            # a subject the cell lacks makes the difference NaN, with a note naming it (stats.paired)
+            estimate = stats.paired(theirs.droplevel([0, 1]), ours, sorted(ours.index))
+            rows.append({"cell": label, "metric": metric, "references": references, "n_subjects": estimate.n,
+                         "diff_mean": estimate.mean, "ci_low": estimate.low, "ci_high": estimate.high,
+                         "note": estimate.note})
+    return pd.DataFrame(rows, columns=ABLATION_PAIRED_COLUMNS)
+
+
+def ablation_paired_markdown(paired: pd.DataFrame, names: dict) -> str:
+    lines = ["**Ablation, paired: each cell minus the default, per metric** (mean over subjects of the per-subject "
+             "difference, seeds averaged first; 95% BCa interval over subjects, none below 5 subjects)", "",
+             "| cell | metric | n | difference [95% interval] |", "|---|---|---|---|"]
+    for r in paired.itertuples():
+        interval = stats.interval_text(r.ci_low, r.ci_high, r.note if isinstance(r.note, str) else "")
+        lines.append(f"| {names.get(r.cell, r.cell)} | {r.metric} | {r.n_subjects} | {r.diff_mean:+.3f} {interval} |")
+    return "\n".join(lines) + "\n"

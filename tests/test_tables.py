@@ -1,9 +1,13 @@
 """The main and ablation tables from aggregated summaries: values, order, paper columns, formats."""
 
+from pathlib import Path
+
+import numpy as np
 import pandas as pd
 import pytest
+import scipy.stats
 
-from dti import DTIError, tables
+from dti import DTIError, stats, tables
 from dti.aggregate import write_tables
 from dti.io import write_json
 
@@ -204,3 +208,34 @@ def test_the_default_ablation_row_is_labelled_from_its_runs(tmp_path):
         tables.default_cell_label([dti_run(tmp_path, "d", method="ti")])
     with pytest.raises(DTIError, match="no DTI runs given"):
         tables.ablation_table({}, default, tmp_path / "out", "dinov2", "siglip", None)
+
+
+def per_subject_of(summary: str, values: dict):
+    """per_subject.csv beside ``summary`` (as `dti aggregate` writes it): {metric: {subject: mean}} for dti."""
+    rows = [{"method": "dti", "metric": metric, "references": "unmasked", "subject": subject, "mean": v}
+            for metric, by_subject in values.items() for subject, v in by_subject.items()]
+    pd.DataFrame(rows).to_csv(Path(summary).parent / "per_subject.csv", index=False)
+
+
+def test_the_ablation_is_also_paired_cell_minus_default_per_subject(tmp_path):
+    subjects = ["a", "b", "c", "d", "e", "f"]
+    default = summary_of(tmp_path, "default", {"dti": ((0.4, 0.6), (0.5, 0.7))})
+    cell = summary_of(tmp_path, "cell", {"dti": ((0.0, 0.2), (0.9, 0.9))})
+    image_default = dict(zip(subjects, [0.5, 0.6, 0.7, 0.4, 0.5, 0.6]))
+    image_cell = dict(zip(subjects, [0.4, 0.6, 0.5, 0.3, 0.45, 0.5]))
+    per_subject_of(default, {"dinov2": image_default, "siglip": dict.fromkeys(subjects, 0.3)})
+    per_subject_of(cell, {"dinov2": image_cell, "siglip": {s: 0.3 for s in subjects[:3]}})  # text: 3 subjects only
+    label = tables.cell_label("rsgd", "mean", 0)
+    tables.ablation_table({label: cell}, default, tmp_path / "out", "dinov2", "siglip", "rsgd, m*=mean, kappa=0.0001")
+    paired = pd.read_csv(tmp_path / "out" / "ablation_paired.csv").set_index("metric")
+    diffs = np.array([image_cell[s] - image_default[s] for s in subjects])
+    interval = scipy.stats.bootstrap((diffs,), np.mean, method="BCa", n_resamples=stats.N_RESAMPLES,
+                                     random_state=stats.RANDOM_STATE).confidence_interval
+    row = paired.loc["dinov2"]
+    assert row["cell"] == label and row["n_subjects"] == 6
+    assert row["diff_mean"] == pytest.approx(diffs.mean())
+    assert (row["ci_low"], row["ci_high"]) == pytest.approx((interval.low, interval.high))
+    # a subject the cell lacks: no difference, a note naming the subjects without a pair
+    assert np.isnan(paired.loc["siglip", "diff_mean"]) and "no pair for d, e, f" in paired.loc["siglip", "note"]
+    md = (tmp_path / "out" / "ablation_paired.md").read_text()
+    assert f"| kappa = 0 | dinov2 | 6 | {diffs.mean():+.3f} [{interval.low:.3f}, {interval.high:.3f}] |" in md

@@ -93,6 +93,8 @@ rule ablation_table:
         csv=f"{OUT}/tables/ablation.csv",
         tex=f"{OUT}/tables/ablation.tex",
         summary=f"{OUT}/tables/ablation_summary.csv",
+        # each cell minus the default per metric, paired over subjects (from the cells' per_subject.csv)
+        paired=f"{OUT}/tables/ablation_paired.csv", paired_md=f"{OUT}/tables/ablation_paired.md",
     params:
         cells=" ".join(f"--cell {shlex.quote(f'{cell_label(row)}={cell_summary(pattern)}')}"
                        for (_, row), pattern in zip(CELLS.iterrows(), CELLS.instance_patterns)),
