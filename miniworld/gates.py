@@ -20,7 +20,8 @@ and the minimum, and its threshold applies to the minimum.
   subject's class, colour and pattern in the images of "a photo of <s>";
 * budgets: one 400-step TI run and one subject's prompt set on 2 CPU cores, the weights' size;
 * text sensitivity (reported, not gated): how far the conditioning encoder's output moves when
-  one attribute word changes.
+  one attribute word changes; and the denoiser's word use (reported, per seed): how much its error rises
+  when that word of a held-out caption is wrong.
 
 Writes ``gates.json`` (every number, thresholds, pass/fail), ``gates.md`` (the table),
 ``base_model_seed<S>.csv`` (one row per generated image) and ``base_model.png`` (a grid of the first seed's).
@@ -170,6 +171,59 @@ def base_model(pipe, readout, n: int, seed: int, out: Path, sampling: dict, batc
     if grid:
         _save_grid(images, out / "base_model.png")
     return {h: float(np.mean([r[f"want_{h}"] == r[f"got_{h}"] for r in rows])) for h in BASE_ATTRIBUTES}
+
+
+WORD_USE_TIMESTEPS = (100, 300, 500, 700, 900)  # of the 1,000 training steps: fine detail to layout
+CAPTION_VALUES = {"class": world.CLASSES, "colour": tuple(world.COLOURS), "pattern": world.PATTERNS,
+                  "background": tuple(world.BACKGROUNDS), "position": world.POSITIONS, "size": world.SIZES}
+
+
+def _caption_with(scene: world.Scene, attribute: str, value: str) -> str:
+    """The gate caption of ``scene`` with one attribute word replaced."""
+    s = scene.shapes[0]
+    words = {"cls": s.cls, "colour": s.colour, "background": scene.background, "position": scene.position,
+             "size": s.size, "pattern": s.pattern}
+    return world.full_caption(**{**words, "cls" if attribute == "class" else attribute: value})
+
+
+@torch.no_grad()
+def denoiser_word_use(pipe, n: int, seed: int, batch: int = 80) -> dict[str, float]:
+    """How much the denoiser relies on each attribute word: the rise of its v-prediction error on
+    renders of ``n`` held-out gate captions when that one word is replaced by another value (the same
+    noise; mean over ``WORD_USE_TIMESTEPS``). A word the denoiser ignores costs nothing, whatever the
+    text encoder makes of it; the base-model gate shows what such a word costs in images."""
+    from diffusers import DDPMScheduler
+
+    from .build import encode_latents
+
+    scenes = held_out_scenes(n, seed)
+    images = torch.from_numpy(np.stack([world.render(s) for s in scenes]))
+    x0 = encode_latents(pipe.vae, images) * pipe.vae.config.scaling_factor
+    noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed))
+    sched = DDPMScheduler(**models.scheduler_config())
+    captions = {"asked": [scene_caption(s) for s in scenes]}
+    for attribute, values in CAPTION_VALUES.items():
+        captions[attribute] = []
+        for i, scene in enumerate(scenes):  # the i-th image's replacement: the values in turn
+            asked = scene.labels[attribute]
+            others = [v for v in values if v != asked]
+            captions[attribute].append(_caption_with(scene, attribute, others[i % len(others)]))
+    device = pipe.unet.device
+    errors = {}
+    for key, texts in captions.items():
+        ids = pipe.tokenizer(texts, padding="max_length", max_length=pipe.tokenizer.model_max_length,
+                             truncation=True, return_tensors="pt").input_ids
+        per_image = torch.zeros(n)
+        for t in WORD_USE_TIMESTEPS:
+            steps = torch.full((n,), t)
+            noisy, target = sched.add_noise(x0, noise, steps), sched.get_velocity(x0, noise, steps)
+            for i in range(0, n, batch):
+                states = pipe.text_encoder(input_ids=ids[i:i + batch].to(device)).last_hidden_state
+                pred = pipe.unet(noisy[i:i + batch].to(device), steps[i:i + batch].to(device),
+                                 encoder_hidden_states=states).sample.cpu()
+                per_image[i:i + batch] += (pred - target[i:i + batch]).pow(2).mean(dim=(1, 2, 3))
+        errors[key] = per_image / len(WORD_USE_TIMESTEPS)
+    return {a: float((errors[a] - errors["asked"]).mean()) for a in CAPTION_VALUES}
 
 
 def _save_grid(images, path: Path, side: int = 8):
@@ -355,6 +409,8 @@ def reported_measures(per_seed: list[dict]) -> dict[str, list[float]]:
         out[f"metrics.image_names_subject.{metric}"] = [r["metrics"][f"image_names_subject.{metric}"]
                                                         for r in per_seed]
     out["metrics.text_ranks_prompt_among_all"] = [r["metrics"]["text_ranks_prompt_among_all"] for r in per_seed]
+    for attribute in per_seed[0]["denoiser_word_use"]:
+        out[f"denoiser_word_use.{attribute}"] = [r["denoiser_word_use"][attribute] for r in per_seed]
     return out
 
 
@@ -401,7 +457,8 @@ def run_gates(world_dir, out, quick: bool = False, threads: int | None = None, d
             "base_model": base_model(pipe, readout, n_base, seed=303 + seed, out=out, sampling=sampling,
                                      grid=seed == seeds[0]),
             "metrics": metric_discrimination(backbones, world_dir, renders, subjects),
-            "readout_on_ground_truth": readout_on_ground_truth(readout, renders, subjects)})
+            "readout_on_ground_truth": readout_on_ground_truth(readout, renders, subjects),
+            "denoiser_word_use": denoiser_word_use(pipe, n_base, seed=404 + seed)})
     report = {"per_seed": per_seed, "text_sensitivity": text_sensitivity(pipe),
               "personalization": personalization(world_dir, pipe, readout, subjects, steps, out, sampling, photos,
                                                  device),

@@ -339,6 +339,23 @@ def test_shipped_pipeline_loads_offline_and_follows_a_prompt():
 
 @shipped
 @drawn_here
+def test_word_use_is_zero_for_a_denoiser_deaf_to_the_text():
+    from diffusers import DiffusionPipeline
+
+    pipe = DiffusionPipeline.from_pretrained(WORLD / "pipeline", safety_checker=None)
+    before = gates.denoiser_word_use(pipe, 16, seed=9)
+    assert set(before) == set(gates.CAPTION_VALUES)
+    assert before["class"] > 0  # a wrong class word costs the trained denoiser
+    with torch.no_grad():  # cross-attention writes nothing: the text cannot reach the output
+        for name, module in pipe.unet.named_modules():
+            if name.endswith("attn2"):
+                module.to_out[0].weight.zero_()
+                module.to_out[0].bias.zero_()
+    assert all(v == 0.0 for v in gates.denoiser_word_use(pipe, 16, seed=9).values())
+
+
+@shipped
+@drawn_here
 def test_readout_reads_renders():
     readout = models.Readout.load(WORLD / "readout")
     accuracy = gates.readout_accuracy(readout, 64, seed=7)
@@ -428,6 +445,7 @@ def test_gates_run_on_a_small_sample(tmp_path):
     assert first["evaluator"]["top1_of_100"] > 0.3  # far above chance (0.01) even on 100 images
     assert set(report["text_sensitivity"]) == {"class", "colour", "background", "position", "pattern"}
     assert min(report["text_sensitivity"].values()) > 0  # every attribute word moves the conditioning
+    assert set(first["denoiser_word_use"]) == set(gates.CAPTION_VALUES)
     assert first["readout_on_vae_reconstructions"]["background"] >= 0.9  # the VAE keeps what is large
     # the text metric ranks ground-truth renders far above chance (1 in 15)
     assert first["metrics"]["text_ranks_prompt"] > 0.3
