@@ -78,9 +78,14 @@ def held_out_scenes(n: int, seed: int) -> list[world.Scene]:
     return scenes
 
 
-def scene_caption(scene: world.Scene) -> str:
+def scene_caption(scene: world.Scene, attribute: str | None = None, value: str | None = None) -> str:
+    """The gate caption of a single-shape scene; with ``attribute``, that one word replaced by ``value``."""
     s = scene.shapes[0]
-    return world.full_caption(s.cls, s.colour, scene.background, scene.position, s.size, s.pattern)
+    words = {"cls": s.cls, "colour": s.colour, "background": scene.background, "position": scene.position,
+             "size": s.size, "pattern": s.pattern}
+    if attribute is not None:
+        words["cls" if attribute == "class" else attribute] = value
+    return world.full_caption(**words)
 
 
 @torch.no_grad()
@@ -178,14 +183,6 @@ CAPTION_VALUES = {"class": world.CLASSES, "colour": tuple(world.COLOURS), "patte
                   "background": tuple(world.BACKGROUNDS), "position": world.POSITIONS, "size": world.SIZES}
 
 
-def _caption_with(scene: world.Scene, attribute: str, value: str) -> str:
-    """The gate caption of ``scene`` with one attribute word replaced."""
-    s = scene.shapes[0]
-    words = {"cls": s.cls, "colour": s.colour, "background": scene.background, "position": scene.position,
-             "size": s.size, "pattern": s.pattern}
-    return world.full_caption(**{**words, "cls" if attribute == "class" else attribute: value})
-
-
 @torch.no_grad()
 def denoiser_word_use(pipe, n: int, seed: int, batch: int = 80) -> dict[str, float]:
     """How much the denoiser relies on each attribute word: the rise of its v-prediction error on
@@ -194,7 +191,7 @@ def denoiser_word_use(pipe, n: int, seed: int, batch: int = 80) -> dict[str, flo
     text encoder makes of it; the base-model gate shows what such a word costs in images."""
     from diffusers import DDPMScheduler
 
-    from .build import encode_latents
+    from .build import _token_ids, encode_latents
 
     scenes = held_out_scenes(n, seed)
     images = torch.from_numpy(np.stack([world.render(s) for s in scenes]))
@@ -207,20 +204,20 @@ def denoiser_word_use(pipe, n: int, seed: int, batch: int = 80) -> dict[str, flo
         for i, scene in enumerate(scenes):  # the i-th image's replacement: the values in turn
             asked = scene.labels[attribute]
             others = [v for v in values if v != asked]
-            captions[attribute].append(_caption_with(scene, attribute, others[i % len(others)]))
+            captions[attribute].append(scene_caption(scene, attribute, others[i % len(others)]))
     device = pipe.unet.device
     errors = {}
     for key, texts in captions.items():
-        ids = pipe.tokenizer(texts, padding="max_length", max_length=pipe.tokenizer.model_max_length,
-                             truncation=True, return_tensors="pt").input_ids
+        ids = _token_ids(pipe.tokenizer, texts)
+        states = torch.cat([pipe.text_encoder(input_ids=ids[i:i + batch].to(device)).last_hidden_state
+                            for i in range(0, n, batch)])  # once per caption set, for every timestep
         per_image = torch.zeros(n)
         for t in WORD_USE_TIMESTEPS:
             steps = torch.full((n,), t)
             noisy, target = sched.add_noise(x0, noise, steps), sched.get_velocity(x0, noise, steps)
             for i in range(0, n, batch):
-                states = pipe.text_encoder(input_ids=ids[i:i + batch].to(device)).last_hidden_state
                 pred = pipe.unet(noisy[i:i + batch].to(device), steps[i:i + batch].to(device),
-                                 encoder_hidden_states=states).sample.cpu()
+                                 encoder_hidden_states=states[i:i + batch]).sample.cpu()
                 per_image[i:i + batch] += (pred - target[i:i + batch]).pow(2).mean(dim=(1, 2, 3))
         errors[key] = per_image / len(WORD_USE_TIMESTEPS)
     return {a: float((errors[a] - errors["asked"]).mean()) for a in CAPTION_VALUES}
