@@ -356,6 +356,28 @@ def test_word_use_is_zero_for_a_denoiser_deaf_to_the_text():
 
 @shipped
 @drawn_here
+def test_pattern_decision_keeps_the_render_late_and_samples_fully_from_noise():
+    """benchmarks/mini_pattern_decision.py: started late, sampling keeps the ground-truth render's marks
+    (whatever the caption); started at 1000 it runs the protocol's every step from noise."""
+    from benchmarks import mini_pattern_decision as decision
+    from diffusers import DiffusionPipeline
+
+    pipe = DiffusionPipeline.from_pretrained(WORLD / "pipeline", safety_checker=None)
+    readout = models.Readout.load(WORLD / "readout")
+    sampling = json.loads((WORLD / "build.json").read_text())["sampling"]
+    scenes = gates.held_out_scenes(16, seed=5)
+    x0 = build.encode_latents(pipe.vae, torch.from_numpy(np.stack([world.render(s) for s in scenes])))
+    x0 = x0 * pipe.vae.config.scaling_factor
+    plain = [gates.scene_caption(s, "pattern", "plain") for s in scenes]
+    drawn, steps = decision.drawn_patterns(pipe, readout, x0, plain, 150, sampling, seed=5)
+    assert steps < sampling["steps"]
+    assert np.mean([d == s.labels["pattern"] for d, s in zip(drawn, scenes)]) >= 0.9
+    drawn, steps = decision.drawn_patterns(pipe, readout, x0, plain, 1000, sampling, seed=5)
+    assert steps == sampling["steps"] and len(drawn) == len(scenes)
+
+
+@shipped
+@drawn_here
 def test_readout_reads_renders():
     readout = models.Readout.load(WORLD / "readout")
     accuracy = gates.readout_accuracy(readout, 64, seed=7)
