@@ -26,15 +26,23 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from dti.io import atomic_path, package_versions, read_json, write_json  # noqa: E402
-from miniworld import gates, models, world  # noqa: E402
-from miniworld.build import _token_ids, encode_latents  # noqa: E402
+from miniworld import gates, models  # noqa: E402
+from miniworld.build import _token_ids  # noqa: E402
 
 STARTS = (300, 500, 700, 800, 900, 1000)  # of the 1,000 training timesteps; 1000: from pure noise
 
 
 @torch.no_grad()
-def drawn_patterns(pipe, readout, x0: torch.Tensor, captions: list[str], start: int, sampling: dict, seed: int):
-    """The read-out's pattern of each image sampled from ``x0`` noised to the first timestep below ``start``."""
+def guided_states(pipe, captions: list[str]) -> torch.Tensor:
+    """The text states of a guided batch: the empty caption's for each image, then the captions'."""
+    states = pipe.text_encoder(input_ids=_token_ids(pipe.tokenizer, ["", *captions])).last_hidden_state
+    return torch.cat([states[:1].expand(len(captions), -1, -1), states[1:]])
+
+
+@torch.no_grad()
+def drawn_patterns(pipe, readout, x0: torch.Tensor, states: torch.Tensor, start: int, sampling: dict, seed: int):
+    """The read-out's pattern of each image sampled from ``x0`` noised to the first timestep below ``start``,
+    with the captions of ``states`` (``guided_states``); also the number of sampling steps run."""
     sched = pipe.scheduler
     sched.set_timesteps(sampling["steps"])
     skip = int((sched.timesteps >= start).sum())
@@ -44,9 +52,6 @@ def drawn_patterns(pipe, readout, x0: torch.Tensor, captions: list[str], start: 
     first = sched.timesteps[skip]
     x = noise * sched.init_noise_sigma if skip == 0 else sched.add_noise(x0, noise, first.expand(len(x0)))
     sched.set_begin_index(skip)
-    n = len(captions)
-    states = pipe.text_encoder(input_ids=_token_ids(pipe.tokenizer, ["", *captions])).last_hidden_state
-    states = torch.cat([states[:1].expand(n, -1, -1), states[1:]])  # unconditional, then conditional
     for t in sched.timesteps[skip:]:
         both = sched.scale_model_input(torch.cat([x, x]), t)
         uncond, cond = pipe.unet(both, t, encoder_hidden_states=states).sample.chunk(2)
@@ -58,15 +63,14 @@ def drawn_patterns(pipe, readout, x0: torch.Tensor, captions: list[str], start: 
 
 def measure(pipe, readout, n: int, seed: int, sampling: dict) -> dict[str, dict]:
     scenes = gates.held_out_scenes(n, seed)
-    images = torch.from_numpy(np.stack([world.render(s) for s in scenes]))
-    x0 = encode_latents(pipe.vae, images) * pipe.vae.config.scaling_factor
+    x0 = gates.scene_latents(pipe.vae, scenes)
     asked = [s.labels["pattern"] for s in scenes]
-    swapped = [[p for p in world.PATTERNS if p != a][i % 2] for i, a in enumerate(asked)]  # the others in turn
-    captions = {"asked": [gates.scene_caption(s) for s in scenes],
-                "swapped": [gates.scene_caption(s, "pattern", v) for s, v in zip(scenes, swapped)]}
+    swapped, swapped_captions = gates.replaced_captions(scenes, "pattern")
+    states = {"asked": guided_states(pipe, [gates.scene_caption(s) for s in scenes]),
+              "swapped": guided_states(pipe, swapped_captions)}  # once per caption set, for every start
     out = {}
     for start in STARTS:
-        drawn = {k: drawn_patterns(pipe, readout, x0, captions[k], start, sampling, seed) for k in captions}
+        drawn = {k: drawn_patterns(pipe, readout, x0, states[k], start, sampling, seed) for k in states}
         out[str(start)] = {
             "steps": drawn["asked"][1],
             "asked_drawn": float(np.mean([d == a for d, a in zip(drawn["asked"][0], asked)])),

@@ -184,6 +184,25 @@ CAPTION_VALUES = {"class": world.CLASSES, "colour": tuple(world.COLOURS), "patte
 
 
 @torch.no_grad()
+def scene_latents(vae, scenes: list[world.Scene]) -> torch.Tensor:
+    """The denoiser's latents of the scenes' renders: VAE posterior means times the scaling factor."""
+    from .build import encode_latents
+
+    images = torch.from_numpy(np.stack([world.render(s) for s in scenes]))
+    return encode_latents(vae, images) * vae.config.scaling_factor
+
+
+def replaced_captions(scenes: list[world.Scene], attribute: str) -> tuple[list[str], list[str]]:
+    """Each scene's gate caption with ``attribute`` replaced by another value, the other values in turn
+    (the i-th scene takes the (i mod k)-th of its k others); returns (values, captions)."""
+    values = []
+    for i, scene in enumerate(scenes):
+        others = [v for v in CAPTION_VALUES[attribute] if v != scene.labels[attribute]]
+        values.append(others[i % len(others)])
+    return values, [scene_caption(s, attribute, v) for s, v in zip(scenes, values)]
+
+
+@torch.no_grad()
 def denoiser_word_use(pipe, n: int, seed: int, batch: int = 80) -> dict[str, float]:
     """How much the denoiser relies on each attribute word: the rise of its v-prediction error on
     renders of ``n`` held-out gate captions when that one word is replaced by another value (the same
@@ -191,20 +210,14 @@ def denoiser_word_use(pipe, n: int, seed: int, batch: int = 80) -> dict[str, flo
     text encoder makes of it; the base-model gate shows what such a word costs in images."""
     from diffusers import DDPMScheduler
 
-    from .build import _token_ids, encode_latents
+    from .build import _token_ids
 
     scenes = held_out_scenes(n, seed)
-    images = torch.from_numpy(np.stack([world.render(s) for s in scenes]))
-    x0 = encode_latents(pipe.vae, images) * pipe.vae.config.scaling_factor
+    x0 = scene_latents(pipe.vae, scenes)
     noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed))
     sched = DDPMScheduler(**models.scheduler_config())
     captions = {"asked": [scene_caption(s) for s in scenes]}
-    for attribute, values in CAPTION_VALUES.items():
-        captions[attribute] = []
-        for i, scene in enumerate(scenes):  # the i-th image's replacement: the values in turn
-            asked = scene.labels[attribute]
-            others = [v for v in values if v != asked]
-            captions[attribute].append(scene_caption(scene, attribute, others[i % len(others)]))
+    captions.update({attribute: replaced_captions(scenes, attribute)[1] for attribute in CAPTION_VALUES})
     device = pipe.unet.device
     errors = {}
     for key, texts in captions.items():

@@ -366,9 +366,8 @@ def test_pattern_decision_keeps_the_render_late_and_samples_fully_from_noise():
     readout = models.Readout.load(WORLD / "readout")
     sampling = json.loads((WORLD / "build.json").read_text())["sampling"]
     scenes = gates.held_out_scenes(16, seed=5)
-    x0 = build.encode_latents(pipe.vae, torch.from_numpy(np.stack([world.render(s) for s in scenes])))
-    x0 = x0 * pipe.vae.config.scaling_factor
-    plain = [gates.scene_caption(s, "pattern", "plain") for s in scenes]
+    x0 = gates.scene_latents(pipe.vae, scenes)
+    plain = decision.guided_states(pipe, [gates.scene_caption(s, "pattern", "plain") for s in scenes])
     drawn, steps = decision.drawn_patterns(pipe, readout, x0, plain, 150, sampling, seed=5)
     assert steps < sampling["steps"]
     assert np.mean([d == s.labels["pattern"] for d, s in zip(drawn, scenes)]) >= 0.9
