@@ -25,8 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from dti.io import atomic_path, package_versions, read_json, write_json  # noqa: E402
-from miniworld import gates, models  # noqa: E402
+from dti.io import DTIError, atomic_path, package_versions, write_json  # noqa: E402
+from miniworld import gates, models, world  # noqa: E402
 from miniworld.build import _token_ids  # noqa: E402
 
 STARTS = (300, 500, 700, 800, 900, 1000)  # of the 1,000 training timesteps; 1000: from pure noise
@@ -92,11 +92,13 @@ def main(argv=None):
     from diffusers import DiffusionPipeline
 
     world_dir, out = Path(args.world), Path(args.out)
-    if not (world_dir / "build.json").is_file():
-        raise SystemExit(f"error: {world_dir} is not a mini world (no build.json)")
+    try:
+        gates.check_world(world_dir)  # its read-out must read this code's renders
+    except DTIError as e:
+        raise SystemExit(f"error: {e}") from None
     pipe = DiffusionPipeline.from_pretrained(world_dir / "pipeline", safety_checker=None)
     readout = models.Readout.load(world_dir / "readout", "cpu")
-    sampling = read_json(world_dir / "build.json")["sampling"]
+    sampling = world.sampling_of(world_dir)
     per_seed = {404 + s: measure(pipe, readout, args.n, 404 + s, sampling) for s in gates.GATE_SEEDS}
     keys = ("asked_drawn", "swapped_drawn", "swapped_keeps_render")
     summary = {str(start): {k: {"mean": float(np.mean([r[str(start)][k] for r in per_seed.values()])),

@@ -424,6 +424,17 @@ def reported_measures(per_seed: list[dict]) -> dict[str, list[float]]:
     return out
 
 
+def check_world(world_dir: Path):
+    """Refuse a folder that is not a mini world, or a world drawn by another renderer: its judges learned other
+    renders than this code draws."""
+    if not (world_dir / "build.json").is_file():
+        raise DTIError(f"{world_dir} has no build.json: not a mini world folder")
+    renderer = world.renderer_of(world_dir)
+    if renderer != world.RENDERER:
+        raise DTIError(f"{world_dir} was drawn by renderer {renderer}, this code draws renderer {world.RENDERER}: "
+                       "gate it with the code that built it")
+
+
 def run_gates(world_dir, out, quick: bool = False, threads: int | None = None, device: str = "cpu") -> dict:
     """Every gate of ``world_dir`` into ``out/gates.json`` and ``out/gates.md``. The wall times are measured
     on ``device``; their budget is stated for 2 CPU cores."""
@@ -437,12 +448,7 @@ def run_gates(world_dir, out, quick: bool = False, threads: int | None = None, d
 
     device = str(resolve_device(device))
     world_dir, out = Path(world_dir), Path(out)
-    if not (world_dir / "build.json").is_file():
-        raise DTIError(f"{world_dir} has no build.json: not a mini world folder")
-    renderer = world.renderer_of(world_dir)
-    if renderer != world.RENDERER:  # its judges learned other renders than the gates would draw
-        raise DTIError(f"{world_dir} was drawn by renderer {renderer}, this code draws renderer {world.RENDERER}: "
-                       "gate it with the code that built it")
+    check_world(world_dir)
     out.mkdir(parents=True, exist_ok=True)
     n_base, n_retrieval, n_readout = (16, 100, 64) if quick else (160, 500, 1000)
     seeds = GATE_SEEDS[:1] if quick else GATE_SEEDS

@@ -364,7 +364,7 @@ def test_pattern_decision_keeps_the_render_late_and_samples_fully_from_noise():
 
     pipe = DiffusionPipeline.from_pretrained(WORLD / "pipeline", safety_checker=None)
     readout = models.Readout.load(WORLD / "readout")
-    sampling = json.loads((WORLD / "build.json").read_text())["sampling"]
+    sampling = world.sampling_of(WORLD)
     scenes = gates.held_out_scenes(16, seed=5)
     x0 = gates.scene_latents(pipe.vae, scenes)
     plain = decision.guided_states(pipe, [gates.scene_caption(s, "pattern", "plain") for s in scenes])
