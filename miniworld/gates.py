@@ -17,7 +17,10 @@ and the minimum, and its threshold applies to the minimum.
   the attribute metrics read those renders right (what a perfect generator would score: a judge
   that misreads the truth cannot score the generated images);
 * personalization is possible: TI (400 steps) on every test subject, and the read-out finds the
-  subject's class, colour and pattern in the images of "a photo of <s>";
+  subject's class, colour and pattern in the images of "a photo of <s>"; beside it (reported, not gated),
+  how often the base model draws the subject when told it in words ("a photo of a blue striped circle"):
+  the learned token stands in for those words, so a world whose base model cannot draw its subjects from
+  words gives TI little to find;
 * budgets: one 400-step TI run and one subject's prompt set on 2 CPU cores, the weights' size;
 * text sensitivity (reported, not gated): how far the conditioning encoder's output moves when
   one attribute word changes; and the denoiser's word use (reported, per seed): how much its error rises
@@ -356,16 +359,36 @@ def personalization(world_dir: Path, pipe, readout, subjects: list[world.Subject
     for s, run in zip(subjects, runs):
         with quiet_new_embeddings():
             concept = load_embeddings(pipe, run)
-        gens = [torch.Generator().manual_seed(k) for k in range(photos)]
-        images = pipe(prompt=[concept.prompt("a photo of a {}")] * photos, generator=gens,
-                      num_inference_steps=sampling["steps"], guidance_scale=sampling["guidance_scale"]).images
-        seen = readout.predict(images)
-        found = [seen["class"][k] == s.cls and seen["colour"][k] == s.colour and seen["pattern"][k] == s.pattern
-                 for k in range(photos)]
-        results[s.name] = {"shows_subject": float(np.mean(found)), "images": photos, "steps": steps,
+        seen = readout.predict(_photos(pipe, concept.prompt("a photo of a {}"), photos, sampling))
+        results[s.name] = {"shows_subject": _share_showing(seen, s), "images": photos, "steps": steps,
                            **{f"{h}_seen": float(np.mean([v == getattr(s, a) for v in seen[h]]))
                               for h, a in (("class", "cls"), ("colour", "colour"), ("pattern", "pattern"))}}
     return results
+
+
+def subject_in_words(subject: world.Subject) -> str:
+    """The caption that tells the base model a subject's class, colour and pattern in its own words."""
+    return f"a photo of a {subject.colour} {subject.pattern} {world.CLASS_WORDS.get(subject.cls, (subject.cls,))[0]}"
+
+
+def words_show_subject(pipe, readout, subjects: list[world.Subject], sampling: dict,
+                       photos: int = PHOTO_SEEDS) -> dict[str, float]:
+    """Per subject, the share of the images of ``subject_in_words`` (seeds 0 ... photos-1, as the
+    personalization gate samples) in which the read-out finds its class, colour and pattern."""
+    return {s.name: _share_showing(readout.predict(_photos(pipe, subject_in_words(s), photos, sampling)), s)
+            for s in subjects}
+
+
+def _photos(pipe, prompt: str, photos: int, sampling: dict) -> list:
+    gens = [torch.Generator().manual_seed(k) for k in range(photos)]
+    return pipe(prompt=[prompt] * photos, generator=gens, num_inference_steps=sampling["steps"],
+                guidance_scale=sampling["guidance_scale"]).images
+
+
+def _share_showing(seen: dict[str, list], subject: world.Subject) -> float:
+    """Share of the read images (``Readout.predict``) showing the subject's class, colour and pattern at once."""
+    return float(np.mean([c == subject.cls and k == subject.colour and p == subject.pattern
+                          for c, k, p in zip(seen["class"], seen["colour"], seen["pattern"])]))
 
 
 def budgets(world_dir: Path, subject: world.Subject, steps: int, out: Path, sampling: dict,
@@ -478,6 +501,7 @@ def run_gates(world_dir, out, quick: bool = False, threads: int | None = None, d
     report = {"per_seed": per_seed, "text_sensitivity": text_sensitivity(pipe),
               "personalization": personalization(world_dir, pipe, readout, subjects, steps, out, sampling, photos,
                                                  device),
+              "words_show_subject": words_show_subject(pipe, readout, subjects, sampling, photos),
               "budget": budgets(world_dir, test[0], steps, out, sampling, device)}
     over_seeds = {"base_model": lambda r, a: r["base_model"][a],
                   "reconstruction": lambda r, a: r["readout_on_vae_reconstructions"][a],
@@ -495,6 +519,7 @@ def run_gates(world_dir, out, quick: bool = False, threads: int | None = None, d
     for key, limit in BUDGETS.items():
         checks[key] = _check([report["budget"][key.split(".")[1]]], limit, at_most=True)
     reported = reported_measures(per_seed)
+    reported["personalization.words_show_subject"] = list(report["words_show_subject"].values())  # over subjects
     report.update({"checks": checks, "reported": reported, "all_pass": all(c["pass"] for c in checks.values()),
                    "quick": quick,
                    "sampling": sampling, "seeds": list(seeds), "sizes": {"base_model": n_base, "retrieval": n_retrieval,

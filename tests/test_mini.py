@@ -337,6 +337,15 @@ def test_shipped_pipeline_loads_offline_and_follows_a_prompt():
     assert corners[:, 2].mean() > corners[:, 0].mean()  # a blue background, not a red one
 
 
+@torch.no_grad()
+def silence_cross_attention(unet):
+    """Zero every cross-attention output: the text can no longer reach the UNet's output."""
+    for name, module in unet.named_modules():
+        if name.endswith("attn2"):
+            module.to_out[0].weight.zero_()
+            module.to_out[0].bias.zero_()
+
+
 @shipped
 @drawn_here
 def test_word_use_is_zero_for_a_denoiser_deaf_to_the_text():
@@ -346,12 +355,27 @@ def test_word_use_is_zero_for_a_denoiser_deaf_to_the_text():
     before = gates.denoiser_word_use(pipe, 16, seed=9)
     assert set(before) == set(gates.CAPTION_VALUES)
     assert before["class"] > 0  # a wrong class word costs the trained denoiser
-    with torch.no_grad():  # cross-attention writes nothing: the text cannot reach the output
-        for name, module in pipe.unet.named_modules():
-            if name.endswith("attn2"):
-                module.to_out[0].weight.zero_()
-                module.to_out[0].bias.zero_()
+    silence_cross_attention(pipe.unet)
     assert all(v == 0.0 for v in gates.denoiser_word_use(pipe, 16, seed=9).values())
+
+
+@shipped
+def test_words_show_a_subject_the_base_model_can_draw_and_a_deaf_one_cannot():
+    """The reported "told in words" measure: a plain red square, said in words, is what the shipped base
+    model draws; with cross-attention silenced the words cannot reach the image and the share collapses."""
+    from diffusers import DiffusionPipeline
+
+    pipe = DiffusionPipeline.from_pretrained(WORLD / "pipeline", safety_checker=None)
+    pipe.set_progress_bar_config(disable=True)
+    readout = models.Readout.load(WORLD / "readout")
+    sampling = world.sampling_of(WORLD)
+    square = world.Subject("red_square", "square", "red", "plain", "white")
+    assert gates.subject_in_words(square) == "a photo of a red plain square"
+    assert gates.subject_in_words(world.SUBJECTS[1]) == "a photo of a blue striped circle"
+    told = gates.words_show_subject(pipe, readout, [square], sampling, photos=8)
+    assert set(told) == {"red_square"} and told["red_square"] >= 0.6
+    silence_cross_attention(pipe.unet)
+    assert gates.words_show_subject(pipe, readout, [square], sampling, photos=8)["red_square"] <= 0.25
 
 
 @shipped
@@ -474,14 +498,18 @@ def test_gates_run_on_a_small_sample(tmp_path):
         worst = check["max"] if key in gates.BUDGETS else check["min"]
         assert check["pass"] == (worst <= check["threshold"] if key in gates.BUDGETS else worst >= check["threshold"])
     assert set(report["personalization"]) == {s.name for s in world.SUBJECTS[:2]}
+    assert set(report["words_show_subject"]) == set(report["personalization"])
     saved = json.loads((tmp_path / "gates.json").read_text())
     assert saved["per_seed"][0]["base_model"] == first["base_model"]
     table = (tmp_path / "gates.md").read_text()
     assert all(f"| {key} |" in table for key in report["checks"])
-    # the measures beside the gates: one value per seed, each in the table's second part
+    # the measures beside the gates: one value per seed (per subject for personalization's), each in the
+    # table's second part
     assert {"metrics.image_names_subject.mini_patch", "metrics.text_ranks_prompt_among_all",
-            "readout_on_renders.class"} <= set(report["reported"])
-    assert all(len(v) == len(report["per_seed"]) and f"| {key} |" in table for key, v in report["reported"].items())
+            "readout_on_renders.class", "personalization.words_show_subject"} <= set(report["reported"])
+    for key, values in report["reported"].items():
+        per = report["personalization"] if key.startswith("personalization.") else report["per_seed"]
+        assert len(values) == len(per) and f"| {key} |" in table, key
 
 
 def test_ground_truth_renders_show_what_each_prompt_asks():
