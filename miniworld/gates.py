@@ -367,8 +367,9 @@ def personalization(world_dir: Path, pipe, readout, subjects: list[world.Subject
 
 
 def subject_in_words(subject: world.Subject) -> str:
-    """The caption that tells the base model a subject's class, colour and pattern in its own words."""
-    return f"a photo of a {subject.colour} {subject.pattern} {world.CLASS_WORDS.get(subject.cls, (subject.cls,))[0]}"
+    """The caption that tells the base model a subject's class, colour and pattern in its own words (the class
+    named as the gate prompts name it, ``world.full_caption``)."""
+    return f"a photo of a {subject.colour} {subject.pattern} {subject.cls}"
 
 
 def words_show_subject(pipe, readout, subjects: list[world.Subject], sampling: dict,
