@@ -34,8 +34,8 @@ from .io import DTIError, one_line
 
 __all__ = ["BACKBONES", "METRICS", "PROTOCOLS", "Backbone", "Backbones", "ClsTokenBackbone", "DINOBackbone",
            "DINOv2Backbone", "Metric", "OpenCLIPBackbone", "ScoringInputs", "SigLIPBackbone", "TransformersBackbone",
-           "check_inputs", "expectations_for", "parse_model_ids", "register_backbone", "register_metric",
-           "register_protocol", "score_images", "score_inputs", "score_manifest", "write_scores"]
+           "check_inputs", "expectations_for", "main_metrics", "parse_model_ids", "register_backbone",
+           "register_metric", "register_protocol", "score_images", "score_inputs", "score_manifest", "write_scores"]
 
 KINDS = ("image", "text", "attributes")
 
@@ -291,6 +291,16 @@ def register_protocol(name: str, metric_names: list[str]) -> list[str]:
     _claim(PROTOCOLS, name, names, "protocol")
     PROTOCOLS[name] = names
     return names
+
+
+def main_metrics(protocol: str) -> tuple[str, str]:
+    """The image and text metric of ``protocol``'s main table: its first metric of each kind."""
+    names = PROTOCOLS[protocol]
+    first = {kind: next((n for n in names if METRICS[n].kind == kind), None) for kind in ("image", "text")}
+    missing = [kind for kind, name in first.items() if name is None]
+    if missing:
+        raise DTIError(f"protocol {protocol!r} has no {' or '.join(missing)} metric for the main table")
+    return first["image"], first["text"]
 
 
 MANIFEST_COLUMNS = ["run", "method", "subject", "prompt_index", "prompt", "scoring_text", "seed", "file",

@@ -41,6 +41,7 @@ import numpy as np
 import torch
 
 from dti.io import DTIError, atomic_path, package_versions, write_json
+from dti.metrics import main_metrics
 
 from . import models, world
 
@@ -56,7 +57,7 @@ EVAL_SEEDS = [0, 1, 2, 3]  # the prompt set's budget: 15 prompts x 4 seeds
 GATE_SEEDS = (0, 1, 2)  # each offsets the seed of every drawing gate
 PHOTO_SEEDS = 16  # images of "a photo of <s>" per subject in the personalization gate
 BASE_ATTRIBUTES = ("class", "colour", "pattern", "background", "position", "size")
-IMAGE_METRIC, TEXT_METRIC = "mini_object", "mini_clip_t"  # the main table's (experiments/rules/common.smk)
+IMAGE_METRIC, TEXT_METRIC = main_metrics("mini")  # the main table's, as the workflow scores them
 REPORTED_IMAGE_METRICS = ("mini_clip_i", "mini_patch")  # their image_names_subject is reported, not gated
 
 

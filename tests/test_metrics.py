@@ -71,6 +71,10 @@ def test_a_registered_backbone_is_scored_like_the_builtin_ones(metric_models):
     try:
         metrics.register_metric(Metric("other_dino_i", "other_dino", "image"))
         assert metrics.register_protocol("other", ["other_dino_i", "dino"]) == ["other_dino_i", "dino"]
+        with pytest.raises(DTIError, match="protocol 'other' has no text metric for the main table"):
+            metrics.main_metrics("other")
+        assert {p: metrics.main_metrics(p) for p in ("paper", "dreambooth", "mini")} == {
+            "paper": ("dinov2", "siglip"), "dreambooth": ("dino", "clip_t"), "mini": ("mini_object", "mini_clip_t")}
         backbones = Backbones(PROTOCOLS["other"], model_ids={"dino": metric_models["dino"]})
         assert backbones.model_ids == {"other_dino": metric_models["dino"], "dino": metric_models["dino"]}
         assert isinstance(backbones["other_dino"], OtherDino)
