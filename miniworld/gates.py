@@ -16,8 +16,9 @@ and the minimum, and its threshold applies to the minimum.
   its text metric ranks the ground-truth render of a prompt above those of the set's other prompts;
   the attribute metrics read those renders right (what a perfect generator would score: a judge
   that misreads the truth cannot score the generated images);
-* personalization is possible: TI (400 steps) on every test subject, and the read-out finds the
-  subject's class, colour and pattern in the images of "a photo of <s>"; beside it (reported, not gated),
+* personalization is possible: TI (400 steps) on every test subject at each training seed the workflow
+  trains (0, 1, 2), and the read-out finds the subject's class, colour and pattern in the images of
+  "a photo of <s>"; beside it (reported, not gated),
   how often the base model draws the subject when told it in words ("a photo of a blue striped circle"):
   the learned token stands in for those words, so a world whose base model cannot draw its subjects from
   words gives TI little to find;
@@ -34,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import time
 from pathlib import Path
 
@@ -45,7 +47,7 @@ from dti.metrics import main_metrics
 
 from . import models, world
 
-# Gate -> threshold on the minimum over seeds (over subjects for personalization).
+# Gate -> threshold on the minimum over seeds (over subjects and training seeds for personalization).
 THRESHOLDS = {"base_model.class": 0.9, "base_model.background": 0.95, "base_model.colour": 0.95,
               "base_model.pattern": 0.9, "base_model.position": 0.95, "base_model.size": 0.9,
               "reconstruction.class": 0.95,
@@ -346,24 +348,30 @@ def _shows_what_is_asked(subject: world.Subject) -> torch.Tensor:
 
 
 def personalization(world_dir: Path, pipe, readout, subjects: list[world.Subject], steps: int, out: Path,
-                    sampling: dict, photos: int = PHOTO_SEEDS, device: str = "cpu") -> dict:
-    """TI (training seed 0) on every subject, trained together (``dti.train.train_group``); per subject the
-    share of the images of "a photo of <s>" (seeds 0 ... photos-1) in which the read-out finds its class,
-    colour and pattern."""
+                    sampling: dict, photos: int = PHOTO_SEEDS, training_seeds=GATE_SEEDS, device: str = "cpu"
+                    ) -> dict[str, list[dict]]:
+    """TI on every subject at each of ``training_seeds`` (the workflow trains every method at training seeds
+    0, 1, 2, so the baseline must learn a subject at each), the subjects of one seed trained together
+    (``dti.train.train_group``); per subject, one row per training seed: the share of the images of "a photo
+    of <s>" (seeds 0 ... photos-1) in which the read-out finds its class, colour and pattern."""
     from dti.embeddings import load_embeddings
     from dti.sample import quiet_new_embeddings
     from dti.train import train_group
 
-    runs = train_group([_ti_config(world_dir, s, steps, device) for s in subjects],
-                       [out / "runs" / s.name for s in subjects])
-    results = {}
-    for s, run in zip(subjects, runs):
-        with quiet_new_embeddings():
-            concept = load_embeddings(pipe, run)
-        seen = readout.predict(_photos(pipe, concept.prompt("a photo of a {}"), photos, sampling))
-        results[s.name] = {"shows_subject": _share_showing(seen, s), "images": photos, "steps": steps,
-                           **{f"{h}_seen": float(np.mean([v == getattr(s, a) for v in seen[h]]))
-                              for h, a in (("class", "cls"), ("colour", "colour"), ("pattern", "pattern"))}}
+    results = {s.name: [] for s in subjects}
+    for seed in training_seeds:
+        # one placeholder per (subject, seed): every seed's token is loaded into the same pipeline
+        cfgs = [dataclasses.replace(_ti_config(world_dir, s, steps, device), seed=seed,
+                                    placeholder=f"<{s.name}_seed{seed}>") for s in subjects]
+        runs = train_group(cfgs, [out / "runs" / f"seed{seed}" / s.name for s in subjects])
+        for s, run in zip(subjects, runs):
+            with quiet_new_embeddings():
+                concept = load_embeddings(pipe, run)
+            seen = readout.predict(_photos(pipe, concept.prompt("a photo of a {}"), photos, sampling))
+            results[s.name].append({
+                "training_seed": seed, "shows_subject": _share_showing(seen, s), "images": photos, "steps": steps,
+                **{f"{h}_seen": float(np.mean([v == getattr(s, a) for v in seen[h]]))
+                   for h, a in (("class", "cls"), ("colour", "colour"), ("pattern", "pattern"))}})
     return results
 
 
@@ -502,7 +510,7 @@ def run_gates(world_dir, out, quick: bool = False, threads: int | None = None, d
             "denoiser_word_use": denoiser_word_use(pipe, n_base, seed=404 + seed)})
     report = {"per_seed": per_seed, "text_sensitivity": text_sensitivity(pipe),
               "personalization": personalization(world_dir, pipe, readout, subjects, steps, out, sampling, photos,
-                                                 device),
+                                                 seeds, device),
               "words_show_subject": words_show_subject(pipe, readout, subjects, sampling, photos),
               "budget": budgets(world_dir, test[0], steps, out, sampling, device)}
     over_seeds = {"base_model": lambda r, a: r["base_model"][a],
@@ -514,7 +522,7 @@ def run_gates(world_dir, out, quick: bool = False, threads: int | None = None, d
     for key, threshold in THRESHOLDS.items():
         part, attribute = key.split(".")
         if part == "personalization":
-            values = [r["shows_subject"] for r in report["personalization"].values()]
+            values = [r["shows_subject"] for rows in report["personalization"].values() for r in rows]
         else:
             values = [over_seeds[part](r, attribute) for r in per_seed]
         checks[key] = _check(values, threshold)

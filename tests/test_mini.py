@@ -498,6 +498,7 @@ def test_gates_run_on_a_small_sample(tmp_path):
         worst = check["max"] if key in gates.BUDGETS else check["min"]
         assert check["pass"] == (worst <= check["threshold"] if key in gates.BUDGETS else worst >= check["threshold"])
     assert set(report["personalization"]) == {s.name for s in world.SUBJECTS[:2]}
+    assert all([r["training_seed"] for r in rows] == report["seeds"] for rows in report["personalization"].values())
     assert set(report["words_show_subject"]) == set(report["personalization"])
     saved = json.loads((tmp_path / "gates.json").read_text())
     assert saved["per_seed"][0]["base_model"] == first["base_model"]
@@ -530,6 +531,31 @@ def test_ground_truth_renders_show_what_each_prompt_asks():
     subject = world.SUBJECTS[0]
     assert [np.asarray(im).tobytes() for im in gates.ground_truth_renders(subject, seed=5)] == \
         [world.render(scene).tobytes() for scene in gates.ground_truth_scenes(subject, seed=5)]
+
+
+@shipped
+@drawn_here
+def test_personalization_gate_trains_ti_at_every_training_seed(tmp_path):
+    """The workflow trains TI at several seeds, so the gate does too: one run and one row per subject and seed,
+    and the gate's values are every row's (its minimum is over subjects and seeds)."""
+    from diffusers import DiffusionPipeline
+
+    pipe = DiffusionPipeline.from_pretrained(WORLD / "pipeline", safety_checker=None)
+    pipe.set_progress_bar_config(disable=True)
+    subjects = list(world.SUBJECTS[:2])
+    rows = gates.personalization(WORLD, pipe, models.Readout.load(WORLD / "readout"), subjects, steps=2,
+                                 out=tmp_path, sampling=world.sampling_of(WORLD), photos=2, training_seeds=(0, 3))
+    assert list(rows) == [s.name for s in subjects]
+    for name, per_seed in rows.items():
+        assert [r["training_seed"] for r in per_seed] == [0, 3]
+        assert all(0 <= r["shows_subject"] <= min(r["class_seen"], r["colour_seen"], r["pattern_seen"]) <= 1
+                   for r in per_seed)
+        learned = []
+        for seed in (0, 3):
+            record = json.loads((tmp_path / "runs" / f"seed{seed}" / name / "run.json").read_text())
+            assert record["config"]["seed"] == seed and record["config"]["steps"] == 2
+            learned.append(load_tensors(tmp_path / "runs" / f"seed{seed}" / name / "learned_embeds.safetensors"))
+        assert not torch.equal(*(next(iter(e.values())) for e in learned))  # the seeds drew other batches
 
 
 @shipped
