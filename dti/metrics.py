@@ -34,8 +34,9 @@ from .io import DTIError, one_line
 
 __all__ = ["BACKBONES", "METRICS", "PROTOCOLS", "Backbone", "Backbones", "ClsTokenBackbone", "DINOBackbone",
            "DINOv2Backbone", "Metric", "OpenCLIPBackbone", "ScoringInputs", "SigLIPBackbone", "TransformersBackbone",
-           "check_inputs", "expectations_for", "main_metrics", "parse_model_ids", "register_backbone",
-           "register_metric", "register_protocol", "score_images", "score_inputs", "score_manifest", "write_scores"]
+           "check_inputs", "expectations_for", "main_metrics", "parse_model_ids", "protocol_metrics",
+           "register_backbone", "register_metric", "register_protocol", "score_images", "score_inputs",
+           "score_manifest", "write_scores"]
 
 KINDS = ("image", "text", "attributes")
 
@@ -293,14 +294,18 @@ def register_protocol(name: str, metric_names: list[str]) -> list[str]:
     return names
 
 
+def protocol_metrics(protocol: str, kind: str) -> list[str]:
+    """``protocol``'s metrics of one kind (see ``KINDS``), in the protocol's order."""
+    return [n for n in PROTOCOLS[protocol] if METRICS[n].kind == kind]
+
+
 def main_metrics(protocol: str) -> tuple[str, str]:
     """The image and text metric of ``protocol``'s main table: its first metric of each kind."""
-    names = PROTOCOLS[protocol]
-    first = {kind: next((n for n in names if METRICS[n].kind == kind), None) for kind in ("image", "text")}
-    missing = [kind for kind, name in first.items() if name is None]
+    first = {kind: protocol_metrics(protocol, kind)[:1] for kind in ("image", "text")}
+    missing = [kind for kind, names in first.items() if not names]
     if missing:
         raise DTIError(f"protocol {protocol!r} has no {' or '.join(missing)} metric for the main table")
-    return first["image"], first["text"]
+    return first["image"][0], first["text"][0]
 
 
 MANIFEST_COLUMNS = ["run", "method", "subject", "prompt_index", "prompt", "scoring_text", "seed", "file",

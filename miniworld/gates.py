@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import dataclasses
 import time
 from pathlib import Path
 
@@ -254,13 +253,14 @@ def _save_grid(images, path: Path, side: int = 8):
             (side * world.SIZE * 4, rows * world.SIZE * 4), Image.NEAREST).save(tmp, format="PNG")
 
 
-def _ti_config(world_dir: Path, subject: world.Subject, steps: int, device: str):
-    """TI on a subject with the workflow's mini settings (training seed 0, no checkpoints)."""
+def _ti_config(world_dir: Path, subject: world.Subject, steps: int, device: str, seed: int = 0):
+    """TI on a subject with the workflow's mini settings (no checkpoints); a placeholder per subject and
+    training seed, so that runs of several seeds load into one pipeline."""
     from dti.config import TrainConfig
 
     return TrainConfig(method="ti", model=str(world_dir / "pipeline"), family="sd",
-                       images=str(world_dir / "subjects" / subject.name), placeholder=f"<{subject.name}>",
-                       initializer=subject.cls, steps=steps, resolution=world.SIZE, seed=0, device=device,
+                       images=str(world_dir / "subjects" / subject.name), placeholder=f"<{subject.name}_seed{seed}>",
+                       initializer=subject.cls, steps=steps, resolution=world.SIZE, seed=seed, device=device,
                        checkpoint_every=0, latent_sampling="mode")  # the UNet learned on posterior means
 
 
@@ -360,10 +360,8 @@ def personalization(world_dir: Path, pipe, readout, subjects: list[world.Subject
 
     results = {s.name: [] for s in subjects}
     for seed in training_seeds:
-        # one placeholder per (subject, seed): every seed's token is loaded into the same pipeline
-        cfgs = [dataclasses.replace(_ti_config(world_dir, s, steps, device), seed=seed,
-                                    placeholder=f"<{s.name}_seed{seed}>") for s in subjects]
-        runs = train_group(cfgs, [out / "runs" / f"seed{seed}" / s.name for s in subjects])
+        runs = train_group([_ti_config(world_dir, s, steps, device, seed) for s in subjects],
+                           [out / "runs" / f"seed{seed}" / s.name for s in subjects])
         for s, run in zip(subjects, runs):
             with quiet_new_embeddings():
                 concept = load_embeddings(pipe, run)

@@ -15,7 +15,7 @@ from dti.data import read_prompt_set, read_subjects
 from dti.devices import check_device_name
 from dti.io import DTIError, check_name
 from dti.methods import METHODS as METHOD_REGISTRY, method_class
-from dti.metrics import BACKBONES, METRICS, PROTOCOLS, main_metrics
+from dti.metrics import BACKBONES, PROTOCOLS, main_metrics, protocol_metrics
 from dti.sample import SampleConfig
 
 # Every value from the configuration or the subjects table reaches a shell command quoted: `{x:q}` in
@@ -385,7 +385,7 @@ MASKS = f"--masks {shlex.quote(DATA['masks'])}" if DATA.get("masks") else ""
 IMAGE_METRIC, TEXT_METRIC = main_metrics(SCORE["protocol"])  # its first image and text metric
 # the main table's further columns: the protocol's attribute measures (the mini world's read-out: prompted
 # attributes and identity), in its order
-EXTRA_MAIN_METRICS = tuple(n for n in PROTOCOLS[SCORE["protocol"]] if METRICS[n].kind == "attributes")
+EXTRA_MAIN_METRICS = tuple(protocol_metrics(SCORE["protocol"], "attributes"))
 
 
 def scores_of(prefix, methods, subjects, seeds=None):
